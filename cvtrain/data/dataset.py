@@ -1,0 +1,138 @@
+"""torch Datasets over a ``DatasetIndex``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from cvtrain.data.index import DatasetIndex, ImageRecord
+from cvtrain.errors import DataError
+
+# Refuse decompression bombs: 16k x 16k is larger than any real training photo.
+MAX_IMAGE_PIXELS = 16384 * 16384
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+
+def safe_path(root: Path, relative: str) -> Path:
+    """``root / relative``, refusing paths that escape the dataset root."""
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise DataError(f"image path {relative!r} escapes the dataset root", where=str(root),
+                        hint="annotation file names must stay inside data.root")
+    return path
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An RGB uint8 array; grey, palette, CMYK and 16-bit images are converted."""
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise DataError(f"image is {image.width}x{image.height} pixels, above the limit of {MAX_IMAGE_PIXELS}",
+                                where=str(path), hint="resize it; very large images are refused as decompression bombs")
+            if image.mode in ("I;16", "I;16B", "I", "F"):
+                array = np.asarray(image, dtype=np.float32)
+                array = (255 * (array - array.min()) / max(float(array.max() - array.min()), 1.0)).astype(np.uint8)
+                return np.stack([array] * 3, axis=-1)
+            return np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise DataError("image file not found", where=str(path), hint="run 'cvtrain check' to list every missing file") from None
+    except Image.DecompressionBombError as error:
+        raise DataError(str(error).split(" could be")[0], where=str(path), hint="decompression bombs are refused") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"cannot decode image: {error}", where=str(path), hint="the file is corrupt or truncated; replace it") from None
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+
+
+class DetectionDataset(Dataset):
+    """Images with boxes for torchvision detection models.
+
+    Each item is ``(image, target)``: a float CHW tensor in [0, 1] and a dict with
+    ``boxes`` (xyxy pixels of the transformed image), ``labels`` (1..K),
+    ``image_id`` and ``orig_size``/``size`` as ``(height, width)`` so predictions
+    can be mapped back to the original image. Crowd regions are left out of
+    training targets (as torchvision's references do) and kept for evaluation.
+    Boxes are clipped to the image and those with no area left are dropped; the
+    checks report them before training.
+    """
+
+    def __init__(self, index: DatasetIndex, transform=None, *, with_masks: bool = False):
+        self.index = index
+        self.images: list[ImageRecord] = list(index.images)
+        self.transform = transform
+        self.with_masks = with_masks
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, record: ImageRecord) -> np.ndarray:
+        return read_image(safe_path(self.index.root, record.file_name))
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        record = self.images[position]
+        image = self.load(record)
+        height, width = image.shape[:2]
+        boxes, labels, keep = [], [], []
+        for annotation in self.index.annotations_by_image.get(record.id, []):
+            if annotation.iscrowd:
+                continue
+            x, y, w, h = annotation.bbox
+            x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+            x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+            if x1 - x0 < 1.0 or y1 - y0 < 1.0:
+                continue
+            boxes.append((x0, y0, x1, y1))
+            labels.append(self.index.label_of(annotation.category_id))
+            keep.append(annotation)
+        masks = self.instance_masks(keep, height, width) if self.with_masks else None
+        if self.transform is not None:
+            extra = {"masks": list(masks)} if masks is not None else {}
+            out = self.transform(image=image, bboxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+                                 labels=labels, indices=list(range(len(labels))), **extra)
+            image = out["image"]
+            boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
+            labels = list(out["labels"])
+            if masks is not None:
+                chosen = [int(i) for i in out["indices"]]
+                masks = np.stack([out["masks"][i] for i in chosen]) if chosen else np.zeros((0, *image.shape[:2]), np.uint8)
+        target: dict[str, Any] = {
+            "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),
+            "labels": torch.as_tensor(labels, dtype=torch.int64),
+            "image_id": record.id,
+            "orig_size": (height, width),
+            "size": tuple(image.shape[:2]),
+        }
+        if masks is not None:
+            target["masks"] = torch.as_tensor(np.asarray(masks), dtype=torch.uint8)
+        return to_tensor(image), target
+
+    def instance_masks(self, annotations, height: int, width: int) -> np.ndarray:
+        """Binary masks (N, H, W) of the annotations' polygons or RLE."""
+        from pycocotools import mask as mask_utils
+
+        masks = np.zeros((len(annotations), height, width), dtype=np.uint8)
+        for row, annotation in enumerate(annotations):
+            segmentation = annotation.segmentation
+            if segmentation is None:
+                x, y, w, h = (int(round(v)) for v in annotation.bbox)
+                masks[row, max(y, 0): y + h, max(x, 0): x + w] = 1  # box-shaped mask when none is given
+                continue
+            if isinstance(segmentation, list):
+                rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+            elif isinstance(segmentation.get("counts"), list):
+                rle = mask_utils.frPyObjects(segmentation, height, width)
+            else:
+                rle = segmentation
+            masks[row] = mask_utils.decode(rle)
+        return masks
+
+
+def collate(batch):
+    """Detection batches are lists: images differ in size and targets in length."""
+    return tuple(zip(*batch))

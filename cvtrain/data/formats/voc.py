@@ -1,0 +1,119 @@
+"""Pascal VOC XML (one file per image) into a ``DatasetIndex``."""
+from __future__ import annotations
+
+import posixpath
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any, Sequence
+
+from cvtrain.data.formats import register_reader
+from cvtrain.data.index import Annotation, Category, DatasetIndex, ImageRecord, Location
+from cvtrain.errors import DataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _text(element: ET.Element | None, tag: str) -> str | None:
+    child = element.find(tag) if element is not None else None
+    return child.text.strip() if child is not None and child.text is not None else None
+
+
+def _coordinate(obj: ET.Element, tag: str, where: str) -> float:
+    value = _text(obj.find("bndbox"), tag)
+    if value is None:
+        raise DataError(f"object without bndbox/{tag}", where=where, hint="every <object> needs <bndbox> with xmin, ymin, xmax, ymax")
+    try:
+        return float(value)
+    except ValueError:
+        raise DataError(f"bndbox/{tag} is {value!r}, expected a number", where=where, hint="fix the coordinate") from None
+
+
+def _parse(path: Path) -> ET.Element:
+    try:
+        return ET.parse(path).getroot()
+    except ET.ParseError as error:
+        line, column = error.position
+        raise DataError(f"invalid XML: {error.msg if hasattr(error, 'msg') else error}", where=f"{path}:{line}:{column + 1}",
+                        hint="fix the syntax at that position") from None
+
+
+@register_reader("voc")
+def read_voc(annotation_dir: Path, *, root: Path, images: str = "JPEGImages", classes: Sequence[str] | None = None,
+             names: set[str] | None = None, **_: Any) -> DatasetIndex:
+    """Read a folder of Pascal VOC XML files.
+
+    Args:
+        annotation_dir: folder of ``*.xml`` files, one per image.
+        root: dataset root; image paths in the index are relative to it.
+        images: image folder relative to ``root``; ``<filename>`` is looked up there
+            (the absolute ``<path>`` that labelImg writes is ignored).
+        classes: class names in label order. Without it the sorted names found are used;
+            with it, an object of another name keeps ``category_id = -1`` for the checks to report.
+        names: only read the XML files whose stem is in this set.
+    """
+    if not annotation_dir.is_dir():
+        raise DataError("annotation folder not found", where=str(annotation_dir), hint="check data.root and the annotations path")
+    files = sorted(annotation_dir.glob("*.xml"))
+    if names is not None:
+        files = [f for f in files if f.stem in names]
+    if not files:
+        raise DataError("no *.xml files", where=str(annotation_dir), hint="VOC annotations are one XML file per image")
+    parsed = []
+    found_names: set[str] = set()
+    for path in files:
+        element = _parse(path)
+        if element.tag != "annotation":
+            raise DataError(f"root element is <{element.tag}>, expected <annotation>", where=str(path), hint="not a VOC file")
+        parsed.append((path, element))
+        found_names.update(_text(obj, "name") or "" for obj in element.findall("object"))
+    class_names = list(classes) if classes else sorted(n for n in found_names if n)
+    categories = [Category(position + 1, name) for position, name in enumerate(class_names)]
+    category_id = {c.name: c.id for c in categories}
+
+    image_records, annotations = [], []
+    for image_id, (path, element) in enumerate(parsed, start=1):
+        where = str(path)
+        file_name = _text(element, "filename") or _find_image(root / images, path.stem)
+        size = element.find("size")
+        width, height = _text(size, "width"), _text(size, "height")
+        try:
+            width_value = int(float(width)) if width else None
+            height_value = int(float(height)) if height else None
+        except ValueError:
+            raise DataError(f"size is {width!r} x {height!r}, expected integers", where=where, hint="fix <size>") from None
+        image_records.append(
+            ImageRecord(
+                id=image_id,
+                file_name=posixpath.normpath(posixpath.join(images, file_name)),
+                # 0 means "unknown" in many exporters; the dataset reads the real size then.
+                width=width_value or None,
+                height=height_value or None,
+                source=Location(where),
+            )
+        )
+        for obj in element.findall("object"):
+            name = _text(obj, "name") or ""
+            xmin, ymin = _coordinate(obj, "xmin", where), _coordinate(obj, "ymin", where)
+            xmax, ymax = _coordinate(obj, "xmax", where), _coordinate(obj, "ymax", where)
+            # VOC pixel indices are 1-based and inclusive: pixel i covers [i - 1, i] in
+            # continuous 0-based coordinates (detectron2 reads VOC the same way).
+            x, y = xmin - 1.0, ymin - 1.0
+            annotations.append(
+                Annotation(
+                    id=len(annotations) + 1,
+                    image_id=image_id,
+                    category_id=category_id.get(name, -1),
+                    bbox=(x, y, xmax - x, ymax - y),
+                    source=Location(where),
+                    extra={"name": name, "difficult": _text(obj, "difficult") == "1", "truncated": _text(obj, "truncated") == "1"},
+                )
+            )
+    return DatasetIndex(root=root, categories=categories, images=image_records, annotations=annotations,
+                        task="detection", sources=[str(annotation_dir)], format="voc")
+
+
+def _find_image(image_dir: Path, stem: str) -> str:
+    for suffix in IMAGE_SUFFIXES:
+        if (image_dir / (stem + suffix)).exists():
+            return stem + suffix
+    return stem + ".jpg"

@@ -1,0 +1,261 @@
+"""The format-neutral dataset index that every reader produces and everything else reads.
+
+A ``DatasetIndex`` is a plain table of images, categories and annotations.
+Readers (``cvtrain/data/formats``) fill it without judging it: a duplicate id,
+a box outside its image or an unknown category stays in the index exactly as
+the file says, so that ``cvtrain check`` can report it. Training, evaluation
+and curation all read the same object.
+
+Conventions:
+- ``Annotation.bbox`` is ``(x, y, width, height)`` in absolute pixels of the
+  original image, 0-based continuous coordinates (COCO's convention).
+- ``ImageRecord.file_name`` and ``ImageRecord.mask_file`` are POSIX paths
+  relative to ``DatasetIndex.root``.
+- Category ids are the dataset's own (COCO ids may be sparse). Models see the
+  contiguous labels ``1..K`` returned by ``label_of`` (0 is background).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where something was declared: a file and, for text formats, line and column."""
+
+    file: str
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        text = self.file
+        if self.line is not None:
+            text += f":{self.line}"
+            if self.column is not None:
+                text += f":{self.column}"
+        return text
+
+
+@dataclass(slots=True)
+class Category:
+    id: int
+    name: str
+    supercategory: str | None = None
+
+
+@dataclass(slots=True)
+class ImageRecord:
+    id: int
+    file_name: str
+    width: int | None = None
+    height: int | None = None
+    split: str | None = None
+    mask_file: str | None = None
+    source: Location | None = None
+    source_id: Any = None  # the id as written in the source file, when it differs from ``id``
+
+
+@dataclass(slots=True)
+class Annotation:
+    id: int
+    image_id: int
+    category_id: int
+    bbox: tuple[float, float, float, float]
+    area: float | None = None
+    iscrowd: bool = False
+    segmentation: Any = None  # polygons (list of lists) or RLE dict, as in COCO
+    source: Location | None = None
+    extra: dict[str, Any] | None = None  # format-specific flags, e.g. VOC ``difficult``
+
+
+@dataclass
+class DatasetIndex:
+    """Images, categories and annotations of one dataset, across all its splits."""
+
+    root: Path
+    categories: list[Category]
+    images: list[ImageRecord]
+    annotations: list[Annotation] = field(default_factory=list)
+    task: str = "detection"
+    ignore_index: int | None = None
+    sources: list[str] = field(default_factory=list)
+    format: str = ""
+
+    # ----------------------------------------------------------------- lookups
+    @cached_property
+    def image_by_id(self) -> dict[int, ImageRecord]:
+        return {image.id: image for image in self.images}
+
+    @cached_property
+    def annotations_by_image(self) -> dict[int, list[Annotation]]:
+        grouped: dict[int, list[Annotation]] = {image.id: [] for image in self.images}
+        for annotation in self.annotations:
+            grouped.setdefault(annotation.image_id, []).append(annotation)
+        return grouped
+
+    @cached_property
+    def _labels(self) -> dict[int, int]:
+        return {category.id: position + 1 for position, category in enumerate(self.categories)}
+
+    @property
+    def class_names(self) -> list[str]:
+        return [category.name for category in self.categories]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.categories)
+
+    def label_of(self, category_id: int) -> int:
+        """Contiguous label ``1..K`` of a category id (0 is the background)."""
+        return self._labels[category_id]
+
+    def category_of(self, label: int) -> int:
+        """Inverse of ``label_of``."""
+        return self.categories[label - 1].id
+
+    def image_path(self, image: ImageRecord) -> Path:
+        return self.root / image.file_name
+
+    def mask_path(self, image: ImageRecord) -> Path | None:
+        return self.root / image.mask_file if image.mask_file else None
+
+    @property
+    def split_names(self) -> list[str]:
+        return sorted({image.split for image in self.images if image.split is not None})
+
+    # ------------------------------------------------------------------ views
+    def subset(self, image_ids: Iterable[int]) -> "DatasetIndex":
+        """A new index holding only these images and their annotations."""
+        keep = set(image_ids)
+        return replace(
+            self,
+            images=[image for image in self.images if image.id in keep],
+            annotations=[a for a in self.annotations if a.image_id in keep],
+        )
+
+    def split(self, name: str) -> "DatasetIndex":
+        return self.subset(image.id for image in self.images if image.split == name)
+
+    # ---------------------------------------------------------------- exports
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Columnar view of the annotations, for vectorised checks and statistics."""
+        n = len(self.annotations)
+        boxes = np.empty((n, 4), dtype=np.float64)
+        ids = np.empty(n, dtype=np.int64)
+        image_ids = np.empty(n, dtype=np.int64)
+        category_ids = np.empty(n, dtype=np.int64)
+        for row, annotation in enumerate(self.annotations):
+            boxes[row] = annotation.bbox
+            ids[row] = annotation.id
+            image_ids[row] = annotation.image_id
+            category_ids[row] = annotation.category_id
+        return {"id": ids, "image_id": image_ids, "category_id": category_ids, "bbox": boxes}
+
+    def to_coco(self) -> dict[str, Any]:
+        """COCO ground truth for pycocotools (``COCO.dataset``)."""
+        images = [
+            {"id": image.id, "file_name": image.file_name, "width": image.width, "height": image.height}
+            for image in self.images
+        ]
+        annotations = []
+        for annotation in self.annotations:
+            x, y, w, h = annotation.bbox
+            record = {
+                "id": annotation.id,
+                "image_id": annotation.image_id,
+                "category_id": annotation.category_id,
+                "bbox": [x, y, w, h],
+                "area": float(annotation.area) if annotation.area is not None else float(w * h),
+                "iscrowd": int(annotation.iscrowd),
+            }
+            if annotation.segmentation is not None:
+                record["segmentation"] = annotation.segmentation
+            if annotation.extra and annotation.extra.get("difficult"):
+                # VOC "difficult" objects are neither required nor penalised, as crowd regions are.
+                record["ignore"] = 1
+            annotations.append(record)
+        categories = [{"id": c.id, "name": c.name, "supercategory": c.supercategory or ""} for c in self.categories]
+        return {"images": images, "annotations": annotations, "categories": categories}
+
+    def fingerprint(self) -> str:
+        """A stable hash of what training sees: files, sizes, splits, classes and labels."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps([(c.id, c.name) for c in self.categories]).encode())
+        for image in sorted(self.images, key=lambda record: record.id):
+            digest.update(f"{image.id}|{image.file_name}|{image.width}|{image.height}|{image.split}|{image.mask_file}\n".encode())
+        for annotation in sorted(self.annotations, key=lambda record: record.id):
+            digest.update(f"{annotation.id}|{annotation.image_id}|{annotation.category_id}|{annotation.bbox}|{int(annotation.iscrowd)}\n".encode())
+        return "sha256:" + digest.hexdigest()
+
+    def summary(self) -> dict[str, Any]:
+        per_split: dict[str, dict[str, int]] = {}
+        split_of = {image.id: image.split or "all" for image in self.images}
+        for image in self.images:
+            per_split.setdefault(image.split or "all", {"images": 0, "annotations": 0})["images"] += 1
+        for annotation in self.annotations:
+            name = split_of.get(annotation.image_id, "unknown")
+            per_split.setdefault(name, {"images": 0, "annotations": 0})["annotations"] += 1
+        return {"classes": self.num_classes, "images": len(self.images), "annotations": len(self.annotations), "splits": per_split}
+
+
+def merge_indexes(parts: list[DatasetIndex]) -> DatasetIndex:
+    """Join indexes read from separate files (one per split) into one.
+
+    Image and annotation ids that clash across files are renumbered (the
+    original id stays in ``source_id``); categories are matched by name.
+    Ids that repeat *within* one file are left alone for the checks to report.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    categories = list(first.categories)
+    by_name = {c.name: c for c in categories}
+    images: list[ImageRecord] = []
+    annotations: list[Annotation] = []
+    used_image_ids: set[int] = set()
+    used_annotation_ids: set[int] = set()
+    for part in parts:
+        category_map: dict[int, int] = {}
+        for category in part.categories:
+            if category.name not in by_name:
+                new = Category(max((c.id for c in categories), default=0) + 1, category.name, category.supercategory)
+                if not any(c.id == category.id for c in categories):
+                    new.id = category.id
+                categories.append(new)
+                by_name[new.name] = new
+            category_map[category.id] = by_name[category.name].id
+        image_offset = (max(used_image_ids) + 1) if used_image_ids & {i.id for i in part.images} else 0
+        annotation_offset = (max(used_annotation_ids) + 1) if used_annotation_ids & {a.id for a in part.annotations} else 0
+        for image in part.images:
+            moved = replace(image, id=image.id + image_offset)
+            if image_offset:
+                moved.source_id = image.id if image.source_id is None else image.source_id
+            images.append(moved)
+        for annotation in part.annotations:
+            annotations.append(
+                replace(
+                    annotation,
+                    id=annotation.id + annotation_offset,
+                    image_id=annotation.image_id + image_offset,
+                    category_id=category_map.get(annotation.category_id, annotation.category_id),
+                )
+            )
+        used_image_ids.update(i.id + image_offset for i in part.images)
+        used_annotation_ids.update(a.id + annotation_offset for a in part.annotations)
+    return DatasetIndex(
+        root=first.root,
+        categories=categories,
+        images=images,
+        annotations=annotations,
+        task=first.task,
+        ignore_index=first.ignore_index,
+        sources=[s for part in parts for s in part.sources],
+        format=first.format,
+    )

@@ -1,0 +1,114 @@
+"""From a spec's ``data`` section to one ``DatasetIndex`` with splits assigned."""
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path, PurePosixPath
+
+from cvtrain.data.formats import READERS
+from cvtrain.data.index import DatasetIndex, merge_indexes
+from cvtrain.errors import DataError
+
+# Where each format looks when the spec does not say (paths relative to data.root).
+FORMAT_DEFAULTS: dict[str, dict[str, str]] = {
+    "coco": {"annotations": "annotations.json", "images": "images"},
+    "shapes": {"annotations": "annotations.json", "images": "images", "generated": "yes"},
+    "voc": {"annotations": "Annotations", "images": "JPEGImages"},
+}
+
+
+def build_index(data) -> DatasetIndex:
+    """Read the dataset described by ``data`` (a ``DataConfig``) and assign every image a split.
+
+    Splits come, in this order of preference, from per-split annotation files,
+    from per-split file lists, or from a seeded ratio split (``val_fraction``).
+    """
+    root = Path(data.root)
+    defaults = FORMAT_DEFAULTS.get(data.format, {})
+    if not root.is_dir() and not defaults.get("generated"):
+        raise DataError("dataset root not found", where=str(root), hint="check data.root (relative paths are relative to the spec file)")
+    reader = READERS[data.format]
+
+    def read(annotations: str | None, images: str | None, masks: str | None, names: set[str] | None = None) -> DatasetIndex:
+        source = annotations or data.annotations or defaults.get("annotations")
+        return reader(
+            root / source if source else None,
+            root=root,
+            images=images or data.images or defaults.get("images", ""),
+            masks=masks or data.masks or defaults.get("masks"),
+            classes=data.classes,
+            names=names,
+            **data.options,
+        )
+
+    own_files = {name: split for name, split in data.splits.items() if split.annotations}
+    if own_files:
+        parts = []
+        for name, split in own_files.items():
+            part = read(split.annotations, split.images, split.masks)
+            if split.list:
+                part = part.subset(_listed(part, root / split.list))
+            for image in part.images:
+                image.split = name
+            parts.append(part)
+        index = merge_indexes(parts)
+        _check_classes(index, data.classes)
+        return index
+
+    index = read(None, None, None)
+    listed = {name: split for name, split in data.splits.items() if split.list}
+    if listed:
+        for name, split in listed.items():
+            keep = _listed(index, root / split.list)
+            for image in index.images:
+                if image.id in keep:
+                    if image.split not in (None, name):
+                        raise DataError(f"image {image.file_name} is listed in split '{image.split}' and in '{name}'",
+                                        where=str(root / split.list), hint="a file must belong to one split")
+                    image.split = name
+        return index.subset(image.id for image in index.images if image.split is not None)
+    assign_ratio_split(index, data.val_fraction, data.split_seed, data.train_split, data.val_split)
+    return index
+
+
+def assign_ratio_split(index: DatasetIndex, val_fraction: float, seed: int, train: str = "train", val: str = "val") -> None:
+    """Seeded split: the same seed and image set always give the same split."""
+    order = sorted(index.images, key=lambda image: image.file_name)
+    random.Random(seed).shuffle(order)
+    count = round(len(order) * val_fraction)
+    if val_fraction > 0 and len(order) > 1:
+        count = max(count, 1)
+    for position, image in enumerate(order):
+        image.split = val if position < count else train
+
+
+def _listed(index: DatasetIndex, list_file: Path) -> set[int]:
+    """Image ids named in a list file: one file name (or stem) per line, or a CSV with a 'filename' column."""
+    if not list_file.is_file():
+        raise DataError("split list not found", where=str(list_file), hint="check data.splits.<name>.list")
+    text = list_file.read_text(encoding="utf-8", errors="replace")
+    if list_file.suffix.lower() == ".csv":
+        rows = csv.DictReader(text.splitlines())
+        column = next((c for c in rows.fieldnames or [] if c.lower() in ("filename", "file_name", "image")), None)
+        if column is None:
+            raise DataError("CSV split list has no 'filename' column", where=str(list_file), hint="name the column 'filename'")
+        names = {row[column].strip() for row in rows if row.get(column)}
+    else:
+        names = {line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")}
+    by_name: dict[str, int] = {}
+    for image in index.images:
+        path = PurePosixPath(image.file_name)
+        for key in (image.file_name, path.name, path.stem):
+            by_name.setdefault(key, image.id)
+    found = {by_name[n] for n in names if n in by_name}
+    missing = sorted(n for n in names if n not in by_name)
+    if missing:
+        raise DataError(f"{len(missing)} listed image(s) are not in the annotations, e.g. {missing[0]!r}",
+                        where=str(list_file), hint="list file names (or stems) that the annotations describe")
+    return found
+
+
+def _check_classes(index: DatasetIndex, classes: list[str] | None) -> None:
+    if classes and [c.name for c in index.categories][: len(classes)] != list(classes):
+        raise DataError(f"data.classes {classes} do not match the annotation categories {index.class_names}",
+                        hint="remove data.classes for COCO files or list the same names in the same order")
