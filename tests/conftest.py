@@ -1,0 +1,29 @@
+"""Shared fixtures: the real datasets in ../shared, tiny generated datasets."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_root() -> Path | None:
+    candidates = [os.environ.get("CVTRAIN_SHARED"), REPO.parent / "shared"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "datasets").is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    """``shared/datasets``; skipped when absent, unless CVTRAIN_REQUIRE_SHARED=1 (as in CI)."""
+    root = _shared_root()
+    if root is None:
+        message = "shared datasets not found: set CVTRAIN_SHARED or place them at ../shared"
+        if os.environ.get("CVTRAIN_REQUIRE_SHARED") == "1":
+            pytest.fail(message + " (CVTRAIN_REQUIRE_SHARED=1)")
+        pytest.skip(message)
+    return root / "datasets"
