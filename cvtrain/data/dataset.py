@@ -47,7 +47,7 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    return torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
 
 
 class DetectionDataset(Dataset):

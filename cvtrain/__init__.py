@@ -1,0 +1,14 @@
+"""cvtrain: config-driven training of detectors and segmenters on PyTorch.
+
+    import cvtrain
+    result = cvtrain.fit("configs/detection/quickstart.yaml", ["train.max_epochs=2"])
+    cvtrain.evaluate(checkpoint=result.best_checkpoint)
+"""
+__version__ = "0.1.0"
+
+from cvtrain.api import EvaluateResult, FitResult, PredictResult, evaluate, fit, predict  # noqa: E402
+from cvtrain.config import Config, load_config, save_config  # noqa: E402
+from cvtrain.errors import CvtrainError  # noqa: E402
+
+__all__ = ["Config", "CvtrainError", "EvaluateResult", "FitResult", "PredictResult", "evaluate", "fit", "load_config",
+           "predict", "save_config", "__version__"]

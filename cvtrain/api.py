@@ -1,0 +1,226 @@
+"""The Python API: everything the CLI does, callable from a notebook.
+
+Each function takes a spec (path, dict or ``Config``), the same ``key=value``
+overrides as the CLI, and the CLI flags as keyword arguments, and returns a
+result object that shows as a table in a notebook.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pytorch_lightning as pl
+
+from cvtrain.config import Config, load_config, save_config
+from cvtrain.data.loading import build_index
+from cvtrain.data.module import DataModule
+from cvtrain.engine import build_trainer
+from cvtrain.errors import CheckpointError, CvtrainError
+from cvtrain.run import RUN_DIR_ENV, MetricsFile, choose_run_dir, is_rank_zero, write_json, write_run_info
+from cvtrain.tasks import TASKS, load_task, read_checkpoint
+
+log = logging.getLogger("cvtrain")
+Spec = str | os.PathLike | Mapping[str, Any] | Config
+Overrides = Iterable[str] | Mapping[str, Any] | None
+
+
+def _table(title: str, rows: Mapping[str, Any]) -> str:
+    body = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{v:.4f}</td></tr>" if isinstance(v, float)
+                   else f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>" for k, v in rows.items())
+    return f"<b>{title}</b><table>{body}</table>"
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` produced: where, which checkpoints, and the validation metrics."""
+
+    run_dir: Path
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    metrics: dict[str, Any] = field(default_factory=dict)  # best epoch's scalars
+    per_class: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def _repr_html_(self) -> str:
+        rows = {"run_dir": self.run_dir, "best_checkpoint": self.best_checkpoint, "seconds": round(self.seconds, 1)}
+        return _table("cvtrain fit", {**rows, **self.metrics})
+
+
+@dataclass
+class EvaluateResult:
+    metrics: dict[str, Any]
+    per_class: dict[str, Any]
+    out_dir: Path | None
+    num_images: int = 0
+
+    def _repr_html_(self) -> str:
+        return _table("cvtrain evaluate", {"images": self.num_images, **self.metrics})
+
+
+@dataclass
+class PredictResult:
+    out_dir: Path
+    predictions_file: Path
+    num_images: int
+    num_detections: int
+
+    def _repr_html_(self) -> str:
+        return _table("cvtrain predict", {"out_dir": self.out_dir, "images": self.num_images, "detections": self.num_detections})
+
+
+# --------------------------------------------------------------------------- fit
+def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | None = None, resume: str | None = None,
+        overwrite: bool = False, **arguments: Any) -> FitResult:
+    """Train the model a spec describes and evaluate it every epoch.
+
+    Args:
+        spec: YAML spec path, dict or ``Config``.
+        overrides: ``["train.max_epochs=3", ...]`` or a dict of dotted keys.
+        data: dataset description YAML replacing the spec's ``data`` section.
+        resume: ``"auto"`` (the run directory's ``last.ckpt``) or a checkpoint path.
+        overwrite: replace an existing run directory instead of starting a new one.
+        **arguments: CLI flags by name: ``amp``, ``gpus``, ``accelerator``, ``devices``, ``num_nodes``,
+            ``seed``, ``max_epochs``, ``max_steps``, ``fast_dev_run``, ``run_dir``.
+
+    Returns:
+        ``FitResult`` with the run directory, checkpoints and best validation metrics.
+    """
+    started = time.time()
+    config = load_config(spec, overrides, data=data, **arguments)
+    pl.seed_everything(config.train.seed, workers=True, verbose=False)
+    run_dir = choose_run_dir(config.run_dir, config.name or "run", resume=resume is not None, overwrite=overwrite)
+    resume_path = _resume_path(resume, run_dir)
+    index = build_index(config.data)
+    if is_rank_zero():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+        write_run_info(run_dir, config=config, fingerprint=index.fingerprint(), dataset=index.summary(),
+                       resumed_from=str(resume_path) if resume_path else None)
+        print(f"run directory: {run_dir}")
+        print(f"TensorBoard:   tensorboard --logdir {run_dir / 'tensorboard'}")
+    datamodule = DataModule(config, index)
+    task = TASKS[config.task](config.model_dump(mode="json"), index.class_names, [c.id for c in index.categories])
+    metrics_file = MetricsFile(run_dir / "metrics.json")
+    trainer = build_trainer(config, run_dir, callbacks=[metrics_file], monitor=task.monitor)
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP workers started by Lightning inherit it
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume_path) if resume_path else None)
+    finally:
+        os.environ.pop(RUN_DIR_ENV, None)
+    best = metrics_file.best or {}
+    checkpoints = run_dir / "checkpoints"
+    result = FitResult(
+        run_dir=run_dir,
+        best_checkpoint=checkpoints / "best.ckpt" if (checkpoints / "best.ckpt").exists() else None,
+        last_checkpoint=checkpoints / "last.ckpt" if (checkpoints / "last.ckpt").exists() else None,
+        metrics={k: v for k, v in best.items() if k != "per_class"},
+        per_class=best.get("per_class", {}),
+        seconds=time.time() - started,
+    )
+    return result
+
+
+def _resume_path(resume: str | None, run_dir: Path) -> Path | None:
+    if resume is None:
+        return None
+    if resume == "auto":
+        path = run_dir / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise CheckpointError("nothing to resume: no last.ckpt", where=str(run_dir / "checkpoints"),
+                                  hint="give --run-dir of an earlier run, or a checkpoint path to --resume")
+        return path
+    path = Path(resume)
+    read_checkpoint(path)  # fail now, with a clear message, rather than deep inside Lightning
+    return path
+
+
+# ---------------------------------------------------------------------- evaluate
+def _config_for_checkpoint(payload: dict[str, Any], spec: Spec | None, overrides: Overrides, data, arguments) -> Config:
+    """The checkpoint's config, with the spec's dataset and evaluation sections when a spec is given."""
+    trained = payload["hyper_parameters"]["config"]
+    if spec is not None:
+        given = load_config(spec, data=data).model_dump(mode="json")
+        tree = {**trained, "data": given["data"], "eval": given["eval"]}
+        data = None
+    else:
+        tree = dict(trained)
+    tree["trainer"] = {**tree.get("trainer", {}), "fast_dev_run": False}
+    return load_config(tree, overrides, data=data, **arguments)
+
+
+def _check_classes(payload: dict[str, Any], class_names: list[str], checkpoint: Path) -> None:
+    trained = payload["hyper_parameters"]["class_names"]
+    if list(trained) != list(class_names):
+        raise CheckpointError(f"checkpoint was trained on classes {trained} but the dataset has {class_names}",
+                              where=str(checkpoint), hint="evaluate with the dataset it was trained on, or retrain")
+
+
+def evaluate(spec: Spec | None = None, checkpoint: str | os.PathLike = "", overrides: Overrides = None, *,
+             data: str | os.PathLike | None = None, split: str | None = None, out: str | os.PathLike | None = None,
+             **arguments: Any) -> EvaluateResult:
+    """Score a checkpoint on a split with pycocotools and write ``metrics.json``.
+
+    Args:
+        spec: spec whose dataset to use; default: the one the checkpoint was trained on.
+        checkpoint: a ``.ckpt`` written by ``fit``.
+        split: split to score; default ``data.val_split``.
+        out: folder for ``metrics.json``; default ``<run>/evaluate-<split>``.
+    """
+    checkpoint = Path(checkpoint)
+    payload = read_checkpoint(checkpoint)
+    config = _config_for_checkpoint(payload, spec, overrides, data, arguments)
+    if split:
+        config.data.val_split = split
+    index = build_index(config.data)
+    _check_classes(payload, index.class_names, checkpoint)
+    task = load_task(checkpoint, payload)
+    out_dir = Path(out) if out else checkpoint.resolve().parent.parent / f"evaluate-{config.data.val_split}"
+    datamodule = DataModule.for_evaluation(config, index)
+    trainer = build_trainer(config, out_dir, monitor=task.monitor, logger=False, checkpoints=False)
+    trainer.validate(task, datamodule=datamodule, verbose=False)
+    metrics = task.last_metrics
+    result = EvaluateResult(metrics=metrics.get("scalars", {}), per_class=metrics.get("per_class", {}),
+                            out_dir=out_dir, num_images=metrics.get("num_images", 0))
+    if is_rank_zero():
+        write_json(out_dir / "metrics.json", {"checkpoint": str(checkpoint), "split": config.data.val_split,
+                                              "num_images": result.num_images, **{k: v for k, v in metrics.items() if k != "summary"}})
+    return result
+
+
+# ----------------------------------------------------------------------- predict
+def predict(spec: Spec | None = None, checkpoint: str | os.PathLike = "", source: str | os.PathLike = "",
+            out: str | os.PathLike | None = None, overrides: Overrides = None, *, overwrite: bool = False,
+            score_threshold: float | None = None, **arguments: Any) -> PredictResult:
+    """Run a checkpoint on an image or a folder; write predictions JSON and drawn images.
+
+    Args:
+        checkpoint: a ``.ckpt`` written by ``fit``.
+        source: an image file or a folder of images.
+        out: output folder (must be new or empty unless ``overwrite``); default ``runs/predict[-N]``.
+        score_threshold: lowest score drawn on the images (all detections go to the JSON).
+    """
+    from cvtrain.prediction import run_prediction
+
+    checkpoint = Path(checkpoint)
+    payload = read_checkpoint(checkpoint)
+    config = _config_for_checkpoint(payload, None, overrides, None, {})
+    if spec is not None:
+        config = _config_for_checkpoint(payload, spec, overrides, None, {})
+    if score_threshold is not None:
+        config.eval.score_threshold = score_threshold
+    task = load_task(checkpoint, payload)
+    out_dir = _fresh_dir(Path(out) if out else None, "predict", overwrite)
+    return run_prediction(task, config, Path(source), out_dir, device=arguments.get("accelerator"))
+
+
+def _fresh_dir(requested: Path | None, name: str, overwrite: bool) -> Path:
+    if requested is None:
+        return choose_run_dir(None, name)
+    if requested.exists() and any(requested.iterdir()) and not overwrite:
+        raise CvtrainError("output folder is not empty", where=str(requested),
+                           hint="give a new --out folder, or --overwrite to write into it")
+    return requested

@@ -1,0 +1,137 @@
+"""``cvtrain fit|evaluate|predict``: a thin shell over ``cvtrain.api``.
+
+User mistakes print one line (what, where, how to fix) and exit 2 without a
+traceback; ``--debug`` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+from cvtrain.errors import CvtrainError
+
+
+def _common(parser: argparse.ArgumentParser, *, spec_required: bool) -> None:
+    parser.add_argument("-c", "--config", required=spec_required, help="YAML spec (configs/detection/*.yaml)")
+    parser.add_argument("--data", help="dataset description YAML that replaces the spec's data section")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="spec overrides, e.g. train.max_epochs=3")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _runtime(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--amp", nargs="?", const="auto", choices=["auto", "fp16", "bf16", "off"],
+                        help="mixed precision: fp16 + loss scaling on CUDA (bf16 on CPU); 'fp16' or 'bf16' to choose")
+    parser.add_argument("--gpus", type=int, help="number of GPUs; DDP when more than one")
+    parser.add_argument("--accelerator", help="auto, cpu, gpu, cuda, mps")
+    parser.add_argument("--devices", type=_devices, help="devices per node (e.g. --accelerator cpu --devices 2 for DDP on gloo)")
+    parser.add_argument("--num-nodes", type=int, help="nodes (with torchrun or SLURM)")
+
+
+def _devices(text: str):
+    return int(text) if text.isdigit() else text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cvtrain", description="Config-driven training for detection and segmentation.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    fit = commands.add_parser("fit", help="train from a spec")
+    _common(fit, spec_required=True)
+    _runtime(fit)
+    fit.add_argument("--run-dir", help="run directory (default runs/<spec name>[-N])")
+    fit.add_argument("--seed", type=int)
+    fit.add_argument("--max-epochs", type=int)
+    fit.add_argument("--max-steps", type=int)
+    fit.add_argument("--fast-dev-run", action="store_true", default=None, help="one training and one validation batch")
+    fit.add_argument("--resume", nargs="?", const="auto", help="continue from the run directory's last.ckpt, or a given checkpoint")
+    fit.add_argument("--overwrite", action="store_true", help="reuse an existing --run-dir, replacing its run")
+
+    evaluate = commands.add_parser("evaluate", help="score a checkpoint with pycocotools")
+    _common(evaluate, spec_required=False)
+    _runtime(evaluate)
+    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--split", help="split to score (default: data.val_split)")
+    evaluate.add_argument("--out", help="folder for metrics.json (default <run>/evaluate-<split>)")
+
+    predict = commands.add_parser("predict", help="predict on an image or a folder")
+    _common(predict, spec_required=False)
+    predict.add_argument("--checkpoint", required=True)
+    predict.add_argument("--source", required=True, help="image file or folder")
+    predict.add_argument("--out", help="output folder (default runs/predict[-N])")
+    predict.add_argument("--score-threshold", type=float, help="lowest score drawn on images")
+    predict.add_argument("--accelerator", help="cpu or gpu")
+    predict.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    return parser
+
+
+def _runtime_arguments(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def _print_metrics(title: str, metrics: dict, per_class: dict) -> None:
+    keys = [k for k in ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "segm_AP", "mIoU", "pixel_accuracy") if k in metrics]
+    print(title + "  " + "  ".join(f"{k} {metrics[k]:.4f}" for k in keys))
+    for iou_type, classes in per_class.items():
+        if isinstance(classes, dict) and classes:
+            print(f"  per-class {iou_type}: " + ", ".join(f"{name} {value:.3f}" for name, value in classes.items()))
+
+
+def run(args: argparse.Namespace) -> int:
+    import cvtrain.api as api
+    from cvtrain.run import is_rank_zero
+
+    runtime = ("amp", "gpus", "accelerator", "devices", "num_nodes")
+    if args.command == "fit":
+        result = api.fit(args.config, args.overrides, data=args.data, resume=args.resume, overwrite=args.overwrite,
+                         **_runtime_arguments(args, runtime + ("run_dir", "seed", "max_epochs", "max_steps", "fast_dev_run")))
+        if is_rank_zero():
+            _print_metrics(f"done in {result.seconds:.0f} s; best validation:", result.metrics, result.per_class)
+            print(f"best checkpoint: {result.best_checkpoint}\nrun directory:   {result.run_dir}")
+        return 0
+    if args.command == "evaluate":
+        result = api.evaluate(args.config, args.checkpoint, args.overrides, data=args.data, split=args.split, out=args.out,
+                              **_runtime_arguments(args, runtime))
+        if is_rank_zero():
+            _print_metrics(f"{result.num_images} images:", result.metrics, result.per_class)
+            print(f"metrics: {result.out_dir / 'metrics.json'}")
+        return 0
+    if args.command == "predict":
+        result = api.predict(args.config, args.checkpoint, args.source, args.out, args.overrides, overwrite=args.overwrite,
+                             score_threshold=args.score_threshold, **_runtime_arguments(args, ("accelerator",)))
+        print(f"{result.num_detections} detections on {result.num_images} images: {result.predictions_file}, "
+              f"drawn images in {result.out_dir / 'images'}")
+        return 0
+    raise AssertionError(args.command)
+
+
+def _quiet_libraries() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*predict_dataloader.*")
+    warnings.filterwarnings("ignore", category=UserWarning, module="albumentations")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        return run(args)
+    except CvtrainError as error:
+        if args.debug:
+            raise
+        print(f"error: {error.one_line()}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Maps a ``Config`` onto Lightning's ``Trainer``: precision, devices, strategy, callbacks, logging.
+
+Lightning owns the loop, AMP and DDP; this module only decides their arguments.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.plugins.precision import MixedPrecision
+
+from cvtrain.config import Config
+from cvtrain.errors import ConfigError
+
+log = logging.getLogger("cvtrain")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file, flushed, fsync'ed and renamed into place.
+
+    A crash mid-write leaves the previous checkpoint intact. Loading never
+    executes code from the file (``weights_only=True``).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with open(temporary, "wb") as handle:
+            handle.write(buffer.getbuffer())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def uses_cuda(config: Config) -> bool:
+    accelerator = config.trainer.accelerator
+    if config.trainer.gpus:
+        return True
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def launched_externally() -> bool:
+    """True under torchrun or SLURM, which start one process per device themselves."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def precision_arguments(config: Config) -> dict[str, Any]:
+    """``--amp`` to Lightning: ``precision`` or a ``MixedPrecision`` plugin.
+
+    - ``fp16``: FP16 autocast with a dynamic GradScaler (on CPU too, which is slow but real).
+    - ``bf16``: bf16 autocast, no scaler.
+    - ``auto``: fp16 on CUDA; bf16 on CPU, where FP16 kernels are slow.
+    """
+    amp = config.trainer.amp
+    cuda = uses_cuda(config)
+    if amp == "off":
+        return {"precision": "32-true"}
+    if amp == "auto":
+        if not cuda:
+            log.warning("--amp on CPU uses bf16 autocast (FP16 on CPU is slow); pass --amp fp16 to force FP16 with loss scaling")
+        amp = "fp16" if cuda else "bf16"
+    if amp == "bf16":
+        return {"precision": "bf16-mixed"}
+    if cuda:
+        return {"precision": "16-mixed"}
+    return {"plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]}
+
+
+def device_arguments(config: Config) -> dict[str, Any]:
+    """``--gpus``/``--accelerator``/``--devices``/``--num-nodes`` to Lightning, DDP when more than one process."""
+    spec = config.trainer
+    accelerator, devices = spec.accelerator, spec.devices
+    if spec.gpus is not None:
+        available = torch.cuda.device_count()
+        if spec.gpus > available:
+            raise ConfigError(f"--gpus {spec.gpus} asked for {spec.gpus} GPU(s) but this machine has {available}",
+                              hint="lower --gpus, or use --accelerator cpu --devices N for DDP on the CPU")
+        accelerator, devices = ("gpu", spec.gpus) if spec.gpus > 0 else ("cpu", 1)
+    if launched_externally():
+        # torchrun/SLURM started the processes: one device per process, as many as it launched here.
+        devices = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or devices)
+    count = devices if isinstance(devices, int) else (torch.cuda.device_count() if devices == "auto" and accelerator != "cpu" else 1)
+    strategy = spec.strategy
+    if strategy == "auto" and (count > 1 or spec.num_nodes > 1):
+        strategy = "ddp_notebook" if _in_notebook() else "ddp"
+    return {"accelerator": accelerator, "devices": devices, "num_nodes": spec.num_nodes, "strategy": strategy}
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+
+        return get_ipython() is not None and "IPKernelApp" in get_ipython().config
+    except Exception:
+        return False
+
+
+def build_trainer(config: Config, run_dir: Path, *, callbacks: list[pl.Callback] | None = None, monitor: str = "val/mAP",
+                  logger: bool = True, checkpoints: bool = True, **overrides: Any) -> pl.Trainer:
+    """The Lightning ``Trainer`` for ``config``, writing into ``run_dir``."""
+    train = config.train
+    saving: list[pl.Callback] = [ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="max", save_last=True, save_top_k=1,
+        auto_insert_metric_name=False, enable_version_counter=False)] if checkpoints else []
+    arguments: dict[str, Any] = dict(
+        default_root_dir=str(run_dir),
+        max_epochs=train.max_epochs,
+        max_steps=train.max_steps,
+        gradient_clip_val=train.gradient_clip_val,
+        accumulate_grad_batches=train.accumulate_grad_batches,
+        sync_batchnorm=train.sync_batchnorm,
+        deterministic=train.deterministic,
+        check_val_every_n_epoch=train.val_every_n_epochs,
+        log_every_n_steps=config.trainer.log_every_n_steps,
+        fast_dev_run=config.trainer.fast_dev_run,
+        callbacks=[*saving, *([LearningRateMonitor(logging_interval="step")] if logger else []), TQDMProgressBar(),
+                   *(callbacks or [])],
+        enable_checkpointing=checkpoints,
+        logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False) if logger else False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    if train.limit_train_batches is not None:
+        arguments["limit_train_batches"] = train.limit_train_batches
+    if train.limit_val_batches is not None:
+        arguments["limit_val_batches"] = train.limit_val_batches
+    arguments.update(device_arguments(config))
+    precision = precision_arguments(config)
+    arguments.update(precision)
+    arguments.setdefault("plugins", []).append(AtomicCheckpointIO())
+    arguments.update(overrides)
+    return pl.Trainer(**arguments)

@@ -1,0 +1,63 @@
+"""Prediction on files: batches through the model, predictions JSON, drawn images."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torchvision.io import write_jpeg
+from tqdm import tqdm
+
+from cvtrain.config import Config
+from cvtrain.data.dataset import read_image, to_tensor
+from cvtrain.data.formats.voc import IMAGE_SUFFIXES
+from cvtrain.data.transforms import build_eval_transform
+from cvtrain.errors import DataError
+from cvtrain.run import write_json
+
+
+def list_images(source: Path) -> list[Path]:
+    if source.is_file():
+        return [source]
+    if source.is_dir():
+        images = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if images:
+            return images
+        raise DataError("no images in folder", where=str(source), hint=f"supported: {', '.join(IMAGE_SUFFIXES)}")
+    raise DataError("source not found", where=str(source), hint="give an image file or a folder of images to --source")
+
+
+def pick_device(accelerator: str | None) -> torch.device:
+    if accelerator in ("gpu", "cuda") or (accelerator in (None, "auto") and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def run_prediction(task, config: Config, source: Path, out_dir: Path, *, device: str | None = None, batch_size: int = 4):
+    """Write ``predictions.json`` (COCO results plus ``file_name``) and ``images/<name>.jpg`` into ``out_dir``."""
+    from cvtrain.api import PredictResult
+
+    files = list_images(source)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "images").mkdir(exist_ok=True)
+    target_device = pick_device(device)
+    task = task.to(target_device).eval()
+    transform = build_eval_transform(config.augment, config.train.image_size, with_boxes=False)
+    results = []
+    for start in tqdm(range(0, len(files), batch_size), desc="predict", unit="batch"):
+        chunk = files[start:start + batch_size]
+        originals = [read_image(path) for path in chunk]
+        inputs = [to_tensor(transform(image=image)["image"]).to(target_device) for image in originals]
+        outputs = task(inputs)
+        for offset, (path, original, tensor, output) in enumerate(zip(chunk, originals, inputs, outputs)):
+            image_id = start + offset + 1
+            meta = {"image_id": image_id, "orig_size": original.shape[:2], "size": tuple(tensor.shape[1:])}
+            output = {k: v.cpu() for k, v in output.items()}
+            for record in task.to_results(output, meta):
+                results.append({**record, "file_name": str(path.name),
+                                "category_name": task.class_names[task.category_ids.index(record["category_id"])]})
+            picture = task.draw_prediction(to_tensor(original), output, meta)
+            write_jpeg(picture, str(out_dir / "images" / f"{path.stem}.jpg"), quality=90)
+    predictions = out_dir / "predictions.json"
+    write_json(predictions, results)
+    return PredictResult(out_dir=out_dir, predictions_file=predictions, num_images=len(files), num_detections=len(results))

@@ -1,0 +1,132 @@
+"""Spec loading: defaults, overrides, typo errors with the closest key, safe YAML, the saved round trip."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cvtrain.config import Config, load_config, parse_override, save_config
+from cvtrain.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+SPECS = sorted((REPO / "configs").glob("*/*.yaml"))
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+MINIMAL = """\
+task: detection
+data:
+  format: shapes
+  root: data
+model:
+  name: fasterrcnn_mobilenet_v3_large_fpn
+train:
+  max_epochs: 3
+"""
+
+
+def test_defaults_and_relative_root(tmp_path):
+    config = load_config(write(tmp_path / "spec.yaml", MINIMAL))
+    assert config.train.max_epochs == 3
+    assert config.train.batch_size == 4  # schema default
+    assert config.data.root == (tmp_path / "data").resolve()  # relative to the spec file
+    assert config.name == "spec"
+
+
+def test_overrides_are_typed_by_yaml_and_beat_the_file(tmp_path):
+    config = load_config(write(tmp_path / "spec.yaml", MINIMAL),
+                         ["train.max_epochs=7", "train.optimizer.lr=1e-3", "augment.scale=[0.5, 2.0]", "model.options.box_score_thresh=0.2"],
+                         seed=5)
+    assert config.train.max_epochs == 7
+    assert config.train.optimizer.lr == pytest.approx(1e-3)
+    assert config.augment.scale == (0.5, 2.0)
+    assert config.model.options == {"box_score_thresh": 0.2}
+    assert config.train.seed == 5
+
+
+def test_unknown_key_names_file_line_and_closest_key(tmp_path):
+    spec = write(tmp_path / "spec.yaml", MINIMAL.replace("max_epochs: 3", "max_epoch: 3"))
+    with pytest.raises(ConfigError) as error:
+        load_config(spec)
+    text = str(error.value)
+    assert f"{spec}:8" in text
+    assert "unknown key 'train.max_epoch'" in text
+    assert "did you mean 'train.max_epochs'?" in text
+
+
+def test_unknown_override_names_the_override():
+    with pytest.raises(ConfigError) as error:
+        load_config({"data": {"format": "shapes", "root": "x"}, "model": {"name": "ssdlite320_mobilenet_v3_large"}},
+                    ["train.bach_size=2"])
+    assert "override 'train.bach_size=2'" in str(error.value)
+    assert "did you mean 'train.batch_size'?" in str(error.value)
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.batch_size=abc", "'train.batch_size' = 'abc'"),
+    ("train.max_epochs=-1", "'train.max_epochs' = -1"),
+    ("train.batch_size=0", "'train.batch_size' = 0"),
+    ("train.optimizer.lr=.nan", "'train.optimizer.lr'"),
+    ("model.name=fasterrcnn_resnet_50", "did you mean 'fasterrcnn_resnet50_fpn'"),
+    ("data.format=yolo9", "unknown format 'yolo9'"),
+])
+def test_ill_typed_values_fail_at_load(tmp_path, override, fragment):
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path / "spec.yaml", MINIMAL), [override])
+    assert fragment in str(error.value)
+
+
+def test_python_yaml_tags_are_refused_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    spec = write(tmp_path / "spec.yaml", MINIMAL + f"name: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConfigError, match="refused YAML tag"):
+        load_config(spec)
+    assert not marker.exists()
+
+
+def test_yaml_syntax_error_has_line_and_column(tmp_path):
+    spec = write(tmp_path / "spec.yaml", "task: detection\ndata: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"spec.yaml:\d+:\d+: invalid YAML"):
+        load_config(spec)
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="is not key=value"):
+        parse_override("train.max_epochs")
+
+
+def test_model_must_fit_task(tmp_path):
+    with pytest.raises(ConfigError, match="semantic_segmentation model"):
+        load_config(write(tmp_path / "spec.yaml", MINIMAL), ["model.name=lraspp_mobilenet_v3_large"])
+
+
+def test_saved_config_reloads_identical(tmp_path):
+    config = load_config(write(tmp_path / "spec.yaml", MINIMAL), ["train.optimizer.lr=0.005", "augment.hflip=0.0"], amp="fp16")
+    save_config(config, tmp_path / "run" / "config.yaml")
+    again = load_config(tmp_path / "run" / "config.yaml")
+    assert again == config
+    assert again.model_dump() == config.model_dump()
+
+
+def test_data_file_replaces_data_section(tmp_path):
+    (tmp_path / "sets").mkdir()
+    data = write(tmp_path / "sets" / "mine.yaml", "format: voc\nroot: photos\nclasses: [cat, dog]\n")
+    config = load_config(write(tmp_path / "spec.yaml", MINIMAL), data=data)
+    assert config.data.format == "voc"
+    assert config.data.root == (tmp_path / "sets" / "photos").resolve()  # relative to the dataset file
+    assert config.data.classes == ["cat", "dog"]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_spec_loads(spec):
+    if spec.parent.name == "datasets":
+        return  # dataset descriptions are checked through --data in test_data.py
+    config = load_config(spec)
+    assert isinstance(config, Config)
+    raw = yaml.safe_load(spec.read_text())
+    assert config.model.name == raw["model"]["name"]

@@ -1,0 +1,148 @@
+"""End to end on a tiny generated dataset: fit, the run directory, evaluate, predict, the CLI, DDP on gloo."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import cvtrain
+from cvtrain.config import load_config
+from cvtrain.data.formats.shapes import make_shapes
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_spec(tmp: Path, **train) -> Path:
+    spec = {
+        "task": "detection",
+        "data": {"format": "shapes", "root": str(tmp / "shapes"), "val_fraction": 0.25,
+                 "options": {"num_images": 16, "image_size": 96, "seed": 1}},
+        "model": {"name": "ssdlite320_mobilenet_v3_large", "options": {"score_thresh": 0.01}},
+        "train": {"max_epochs": 6, "batch_size": 4, "image_size": 96, "num_workers": 0,
+                  "optimizer": {"name": "adamw", "lr": 0.003}, "scheduler": {"name": "constant", "warmup_steps": 0},
+                  **train},
+        "augment": {"scale": [1.0, 1.0], "color_jitter": 0.0, "hue": 0.0},
+        "eval": {"num_log_images": 2},
+        "trainer": {"log_every_n_steps": 1, "accelerator": "cpu"},
+    }
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fit")
+    result = cvtrain.fit(tiny_spec(tmp), run_dir=tmp / "run")
+    return tmp, result
+
+
+def test_fit_writes_the_run_directory(fitted):
+    tmp, result = fitted
+    run = result.run_dir
+    assert run == tmp / "run"
+    for name in ("config.yaml", "run.json", "metrics.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    info = json.loads((run / "run.json").read_text())
+    assert info["seed"] == 0
+    assert info["versions"]["torch"] == torch.__version__
+    assert info["dataset_fingerprint"].startswith("sha256:")
+    assert {"command", "git", "host"} <= set(info)
+    assert info["git"]["commit"] is None or len(info["git"]["commit"]) == 40
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["history"]) == 6
+    assert set(metrics["best"]["per_class"]["bbox"]) == {"square", "disc", "triangle"}
+    assert result.metrics["mAP"] == metrics["best"]["mAP"]
+    # The saved config replays the run.
+    assert load_config(run / "config.yaml") == load_config(tmp / "tiny.yaml", run_dir=tmp / "run")
+
+
+def test_loss_falls_and_tensorboard_has_everything(fitted):
+    _, result = fitted
+    events = EventAccumulator(str(result.run_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    losses = [event.value for event in events.Scalars("train/loss")]
+    assert len(losses) >= 12
+    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3
+    assert "val/mAP" in tags["scalars"] and "val/AP50" in tags["scalars"]
+    assert any(tag.startswith("lr-") for tag in tags["scalars"])
+    assert "val/image_0" in tags["images"]
+
+
+def test_evaluate_reproduces_the_validation_score(fitted):
+    tmp, result = fitted
+    evaluation = cvtrain.evaluate(checkpoint=result.best_checkpoint, out=tmp / "eval", accelerator="cpu")
+    assert evaluation.metrics["mAP"] == pytest.approx(result.metrics["mAP"], abs=1e-9)
+    assert evaluation.num_images == 4
+    written = json.loads((tmp / "eval" / "metrics.json").read_text())
+    assert written["scalars"]["AP50"] == evaluation.metrics["AP50"]
+
+
+def test_predict_writes_results_and_drawings(fitted):
+    tmp, result = fitted
+    source = tmp / "shapes" / "images"
+    out = tmp / "pred"
+    prediction = cvtrain.predict(checkpoint=result.best_checkpoint, source=source, out=out, accelerator="cpu")
+    results = json.loads(prediction.predictions_file.read_text())
+    assert prediction.num_images == 16
+    assert len(list((out / "images").glob("*.jpg"))) == 16
+    assert results and {"image_id", "file_name", "category_id", "category_name", "bbox", "score"} <= set(results[0])
+    assert all(0 <= r["bbox"][0] <= 96 and r["bbox"][2] >= 0 for r in results)
+    with pytest.raises(cvtrain.CvtrainError, match="not empty"):
+        cvtrain.predict(checkpoint=result.best_checkpoint, source=source, out=out)
+
+
+def test_new_run_directory_instead_of_overwriting(fitted, tmp_path, monkeypatch):
+    tmp, result = fitted
+    with pytest.raises(cvtrain.CvtrainError, match="already holds a run"):
+        cvtrain.fit(tmp / "tiny.yaml", run_dir=result.run_dir)
+
+
+def cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "cvtrain", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_cli_fast_dev_run(tmp_path):
+    spec = tiny_spec(tmp_path)
+    done = cli("fit", "-c", str(spec), "--fast-dev-run", "--run-dir", str(tmp_path / "smoke"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "best validation" in done.stdout
+
+
+def test_cli_user_error_is_one_line_without_traceback(tmp_path):
+    spec = tiny_spec(tmp_path)
+    done = cli("fit", "-c", str(spec), "train.max_epoch=2", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: override 'train.max_epoch=2': unknown key 'train.max_epoch' (did you mean 'train.max_epochs'?)"]
+
+
+def test_gpus_flag_without_gpus_is_a_clear_error(tmp_path):
+    if torch.cuda.device_count() >= 64:
+        pytest.skip("this machine has 64 GPUs")
+    done = cli("fit", "-c", str(tiny_spec(tmp_path)), "--gpus", "64", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "--gpus 64 asked for 64 GPU(s) but this machine has" in done.stderr
+
+
+def test_ddp_on_cpu_with_two_processes(tmp_path):
+    make_shapes(tmp_path / "shapes", num_images=16, image_size=96, seed=1)
+    spec = tiny_spec(tmp_path)
+    done = cli("fit", "-c", str(spec), "--accelerator", "cpu", "--devices", "2", "--max-steps", "2",
+               "--run-dir", str(tmp_path / "ddp"), cwd=tmp_path, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    checkpoint = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 2
+    assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["last"]["mAP"] >= 0.0
