@@ -66,7 +66,8 @@ def build_model(model_config, num_classes: int, image_size: int) -> nn.Module:
         kwargs["num_classes"] = num_classes
     else:
         kwargs["num_classes"] = num_classes + 1
-        if model_config.trainable_backbone_layers is not None:
+        if model_config.trainable_backbone_layers is not None and model_config.backbone_weights:
+            # torchvision applies it with backbone weights; with full-model weights freeze_backbone does.
             kwargs["trainable_backbone_layers"] = model_config.trainable_backbone_layers
         if not entry.fixed_size:
             kwargs.setdefault("min_size", image_size)
@@ -81,7 +82,51 @@ def build_model(model_config, num_classes: int, image_size: int) -> nn.Module:
         model.transform.fixed_size = (image_size, image_size)
     if model_config.weights:
         load_pretrained(model, entry, model_config.weights)
+        if entry.task != "semantic_segmentation":
+            freeze_backbone(model, model_config.trainable_backbone_layers)
     return model
+
+
+def freeze_backbone(model: nn.Module, trainable_layers: int | None) -> None:
+    """Prepare a pretrained detector for fine-tuning the way torchvision's builders do.
+
+    Models are built without weights (so nothing is downloaded) and loaded
+    afterwards, which skips torchvision's own preparation: BatchNorm statistics
+    of the backbone are frozen (small detection batches would ruin them) and
+    only the last ``trainable_layers`` stages train (default 3, as torchvision).
+    """
+    body = getattr(getattr(model, "backbone", None), "body", None)
+    if body is None:
+        return  # SSD-style models: torchvision trains every layer as well
+    trainable = 3 if trainable_layers is None else trainable_layers
+    children = list(body.named_children())
+    if any(name == "layer4" for name, _ in children):  # ResNet
+        train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable] + (["bn1"] if trainable >= 5 else [])
+        for name, parameter in body.named_parameters():
+            if not any(name.startswith(prefix) for prefix in train):
+                parameter.requires_grad_(False)
+    else:  # MobileNetV3: stages end where a block changes resolution (``_is_cn``)
+        stages = [0] + [i for i, (_, child) in enumerate(children) if getattr(child, "_is_cn", False)] + [len(children) - 1]
+        trainable = min(trainable, len(stages))
+        freeze_before = len(children) if trainable == 0 else stages[len(stages) - trainable]
+        for _, child in children[:freeze_before]:
+            child.requires_grad_(False)
+    _freeze_batchnorm(body)
+
+
+def _freeze_batchnorm(module: nn.Module) -> None:
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            frozen.weight.copy_(child.weight.detach())
+            frozen.bias.copy_(child.bias.detach())
+            frozen.running_mean.copy_(child.running_mean)
+            frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen)
+        else:
+            _freeze_batchnorm(child)
 
 
 def _weights_enum(builder: Callable, name: str, what: str):
@@ -118,6 +163,7 @@ def _ensure_cached(url: str, key: str) -> Path:
     target = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
     if target.is_file():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
     try:
         torch.hub.download_url_to_file(url, str(target), progress=True)
     except Exception as error:  # offline machines fail with URLError, proxies with others
