@@ -34,6 +34,8 @@ def register_code(code: str, severity: Severity, title: str, hint: str, threshol
 # ------------------------------------------------------------------ errors
 register_code("file.unparseable", "error", "annotation file cannot be parsed",
               "fix the file at the line and column given, or export it again")
+register_code("dataset.unreadable", "error", "the dataset cannot be read (a folder, list or field is missing)",
+              "fix what the message names; nothing else was checked")
 register_code("file.outside_root", "error", "file path escapes the dataset root",
               "file names must be relative paths inside data.root; move the file or fix the name")
 register_code("image.missing", "error", "image file not found",
@@ -92,10 +94,10 @@ register_code("box.class_conflict", "warning", "the same box is labelled with tw
               "conflict_iou")
 register_code("box.size_outlier", "warning", "box size is far from the other boxes of its class",
               "look at the crop: a mislabelled class or a box drawn at the wrong scale",
-              "outlier_mads")
+              "outlier_mads, outlier_min_examples")
 register_code("box.aspect_outlier", "warning", "box aspect ratio is far from the other boxes of its class",
               "look at the crop: swapped width/height or a mislabelled class",
-              "outlier_mads")
+              "outlier_mads, outlier_min_examples")
 register_code("box.tiny_at_input_size", "warning", "box shrinks below a few pixels at the model's input size",
               "raise train.image_size, tile the images, or accept that these objects will be missed",
               "min_box_pixels")
@@ -106,13 +108,13 @@ register_code("annotation.area_mismatch", "warning", "'area' disagrees with the 
               "recompute area from the mask (or box); COCO eval uses it for the small/medium/large ranges",
               "area_ratio")
 register_code("image.duplicate", "warning", "the same image file content appears more than once",
-              "keep one copy; duplicates over-weight that image",)
+              "keep one copy; duplicates over-weight that image")
 register_code("split.leakage", "warning", "near-duplicate images in two different splits (leakage)",
               "move the copies into one split, or validation scores will be optimistic",
               "near_duplicate_bits")
 register_code("image.extreme_size", "warning", "image is very small or very large",
               "check the file; tiny images carry little signal and huge ones are resized hard",
-              "min_image_side")
+              "min_image_side, max_image_side")
 register_code("image.extreme_aspect", "warning", "image has an extreme aspect ratio",
               "check the file; letterboxing such images wastes most of the input",
               "max_image_aspect")

@@ -5,9 +5,10 @@ import difflib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from cvtrain.config import StrictModel
+from cvtrain.errors import ConfigError
 
 Override = Literal["error", "warning", "info", "off"]
 
@@ -46,6 +47,14 @@ class ChecksConfig(StrictModel):
     max_findings_per_code: int = Field(1000, ge=1)  # warnings/info listed per code (all are counted)
     crops: int = Field(24, ge=0)  # flagged annotations drawn in report.html
 
+    @field_validator("severity_overrides", mode="before")
+    @classmethod
+    def _off_is_not_false(cls, value):
+        # YAML 1.1 reads a bare `off` as False; in this mapping it can only mean "off"
+        if isinstance(value, dict):
+            return {code: "off" if severity is False else severity for code, severity in value.items()}
+        return value
+
     @field_validator("severity_overrides")
     @classmethod
     def _known_codes(cls, value: dict[str, str]) -> dict[str, str]:
@@ -57,3 +66,12 @@ class ChecksConfig(StrictModel):
                 hint = f"; did you mean {close[0]!r}?" if close else f"; known codes: {', '.join(sorted(CODES))}"
                 raise ValueError(f"unknown check code {code!r}{hint}")
         return value
+
+
+def explain_validation(error: ValidationError, section: str, *, where: str | None = None,
+                       hint: str | None = None) -> ConfigError:
+    """The first problem of a pydantic error as one line: ``'checks.box_tolerance': ...``."""
+    first = error.errors()[0]
+    key = ".".join([section, *(str(part) for part in first["loc"])])
+    message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+    return ConfigError(f"'{key}': {message}", where=where, hint=hint)

@@ -1,0 +1,160 @@
+"""Looking at image and mask files: decoding in a process pool, with a cache.
+
+Each file is opened by ``inspect_file`` in a worker process. With decoding on,
+the pixels are really decoded (``Image.load()``), which is what finds
+truncated JPEGs; the worker also returns a content hash and a 64-bit
+difference hash (dHash) for duplicate and leakage checks, and for masks the
+count of every pixel value. Results are cached per file under a key made of
+the file size, its mtime and a hash of its first 64 KiB, so an unchanged
+dataset is not decoded twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+CACHE_VERSION = 1
+HEADER_BYTES = 64 * 1024
+DEFAULT_CACHE = Path("~/.cache/cvtrain/decode-cache.json")
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
+def file_key(path: str) -> str:
+    """``size:mtime_ns:sha1(first 64 KiB)``; changes whenever the file plausibly changed."""
+    stat = os.stat(path)
+    with open(path, "rb") as handle:
+        head = handle.read(HEADER_BYTES)
+    return f"{stat.st_size}:{stat.st_mtime_ns}:{hashlib.sha1(head).hexdigest()}"
+
+
+def dhash(image: Image.Image) -> int:
+    """64-bit difference hash: is each pixel of a 9x8 grey thumbnail brighter than its right neighbour."""
+    if image.mode in HIGH_BIT_MODES:
+        array = np.asarray(image, dtype=np.float64)
+        span = max(float(array.max() - array.min()), 1.0)
+        image = Image.fromarray((255 * (array - array.min()) / span).astype(np.uint8))
+    small = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.BILINEAR, reducing_gap=3.0), dtype=np.int16)
+    bits = (small[:, 1:] > small[:, :-1]).ravel()
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def inspect_file(task: tuple[str, str, bool, dict | None]) -> dict[str, Any]:
+    """Open one file in a worker: ``(path, kind, decode, cached_entry)`` -> result dict.
+
+    ``kind`` is ``"image"`` or ``"mask"``. The result has ``missing`` or
+    ``error``, else ``width``, ``height``, ``mode`` and, when decoded,
+    ``sha1`` and ``dhash`` (images) or ``values`` (masks: value -> pixel count).
+    """
+    path, kind, decode, cached = task
+    try:
+        key = file_key(path) if decode else None
+    except FileNotFoundError:
+        return {"missing": True}
+    except OSError as error:
+        return {"error": f"cannot read: {error.strerror or error}"}
+    if cached is not None and key is not None and cached.get("key") == key:
+        return dict(cached["result"], cached=True)
+    try:
+        if not decode:
+            with Image.open(path) as image:
+                return {"width": image.width, "height": image.height, "mode": image.mode}
+        data = Path(path).read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            result: dict[str, Any] = {"width": image.width, "height": image.height, "mode": image.mode}
+            if kind == "image":
+                result["sha1"] = hashlib.sha1(data).hexdigest()
+                result["dhash"] = dhash(image)
+            else:
+                result.update(_mask_values(image))
+    except FileNotFoundError:
+        return {"missing": True}
+    except Image.DecompressionBombError as error:
+        result = {"error": str(error).split(" could be")[0]}
+    except Exception as error:  # noqa: BLE001 - PIL raises many types for a bad file; all mean "cannot decode"
+        result = {"error": f"{type(error).__name__}: {error}"}
+    result["key"] = key
+    return result
+
+
+def _mask_values(image: Image.Image) -> dict[str, Any]:
+    array = np.asarray(image)
+    if array.ndim != 2:
+        return {"channels": int(array.shape[2])}
+    if array.dtype.kind not in "ui":
+        return {"channels": 1}
+    if array.dtype.kind == "i" and array.size and int(array.min()) < 0:
+        values, counts = np.unique(array, return_counts=True)
+    else:
+        counts = np.bincount(array.ravel())
+        values = np.flatnonzero(counts)
+        counts = counts[values]
+    return {"values": {str(int(v)): int(c) for v, c in zip(values, counts)}}
+
+
+class DecodeCache:
+    """Decode results by absolute path, stored as one JSON file."""
+
+    def __init__(self, path: Path | None, enabled: bool = True):
+        self.path = (path or DEFAULT_CACHE).expanduser()
+        self.enabled = enabled
+        self.entries: dict[str, dict] = {}
+        self.changed = False
+        if enabled and self.path.is_file():
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+                if data.get("version") == CACHE_VERSION:
+                    self.entries = data.get("entries", {})
+            except (OSError, ValueError, AttributeError):
+                self.entries = {}  # a broken cache is only a slower run
+
+    def get(self, path: str, kind: str) -> dict | None:
+        entry = self.entries.get(path) if self.enabled else None
+        return entry if entry is not None and entry.get("kind") == kind else None
+
+    def put(self, path: str, kind: str, result: dict) -> None:
+        if self.enabled and result.get("key") and not result.get("cached"):
+            stored = {k: v for k, v in result.items() if k not in ("key", "cached")}
+            self.entries[path] = {"kind": kind, "key": result["key"], "result": stored}
+            self.changed = True
+
+    def save(self) -> None:
+        if not (self.enabled and self.changed):
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.path.with_name(self.path.name + f".{os.getpid()}.partial")
+            partial.write_text(json.dumps({"version": CACHE_VERSION, "entries": self.entries}), encoding="utf-8")
+            partial.replace(self.path)
+        except OSError:
+            pass  # a read-only home directory must not fail the check
+
+
+def inspect_files(tasks: list[tuple[str, str]], *, decode: bool, cache: DecodeCache, workers: int | None,
+                  progress: bool) -> list[dict[str, Any]]:
+    """Run ``inspect_file`` over ``(path, kind)`` pairs in parallel, in order, with a progress bar."""
+    from tqdm import tqdm
+
+    jobs = [(path, kind, decode, cache.get(path, kind) if decode else None) for path, kind in tasks]
+    workers = workers or os.cpu_count() or 1
+    bar = dict(total=len(jobs), desc="checking files" if not decode else "decoding images", unit="file",
+               disable=not progress, leave=False)
+    if workers == 1 or len(jobs) < 32:
+        results = list(tqdm(map(inspect_file, jobs), **bar))
+    else:
+        chunk = max(1, min(64, len(jobs) // (workers * 8)))
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(tqdm(pool.map(inspect_file, jobs, chunksize=chunk), **bar))
+    for (path, kind), result in zip(tasks, results):
+        cache.put(path, kind, result)
+    cache.save()
+    return results
+

@@ -1,0 +1,140 @@
+"""The result of a check: findings, statistics, JSON, HTML and a terminal summary."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvtrain.curation.codes import CODES
+from cvtrain.curation.findings import SEVERITY_ORDER, Finding
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Report:
+    """What ``cvtrain check`` found in one dataset.
+
+    Attributes:
+        findings: the listed findings, errors first. Every error is listed; warnings
+            and infos beyond ``max_findings_per_code`` per code are only counted.
+        counts: code -> number of occurrences (listed or not).
+        severities: code -> severity after overrides, for every code in ``counts``.
+        statistics: images, annotations and class counts per split, box size quantiles.
+        dataset: root, format, sources and task of the checked index.
+        usable: False when the dataset could not be read at all.
+    """
+
+    findings: list[Finding]
+    counts: dict[str, int]
+    severities: dict[str, str]
+    statistics: dict[str, Any] = field(default_factory=dict)
+    dataset: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    image_size: int | None = None
+    usable: bool = True
+    plots: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)  # samples for report.html
+    path: Path | None = None  # folder of the last ``write``
+
+    # ------------------------------------------------------------ summaries
+    def count(self, severity: str) -> int:
+        return sum(n for code, n in self.counts.items() if self.severities[code] == severity)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
+
+    @property
+    def exit_code(self) -> int:
+        """0: no errors; 1: errors; 2: the dataset could not be read at all."""
+        if not self.usable:
+            return 2
+        return 1 if self.count("error") else 0
+
+    def codes(self) -> list[str]:
+        """Codes found, errors first."""
+        return sorted(self.counts, key=lambda code: (SEVERITY_ORDER[self.severities[code]], code))
+
+    def by_code(self, code: str) -> list[Finding]:
+        return [f for f in self.findings if f.code == code]
+
+    def summary_table(self) -> str:
+        """A plain-text table for the terminal: one row per code found, then the totals."""
+        rows = [(self.severities[c], c, str(self.counts[c]), CODES[c].title) for c in self.codes()]
+        header = ("severity", "code", "count", "what")
+        widths = [max(len(r[i]) for r in rows + [header]) for i in range(3)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  " + header[3]]
+        lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 4)
+        for row in rows:
+            lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths)) + "  " + row[3])
+        if not rows:
+            lines.append("no findings")
+        splits = self.statistics.get("splits", {})
+        described = ", ".join(f"{name}: {s['images']} images" + (f", {s['annotations']} annotations"
+                                                                 if s.get("annotations") is not None else "")
+                              for name, s in splits.items())
+        if described:
+            lines.append(described)
+        lines.append(f"{self.count('error')} errors, {self.count('warning')} warnings, {self.count('info')} infos")
+        if self.path is not None:
+            lines.append(f"report: {self.path / 'report.html'}")
+        return "\n".join(lines)
+
+    # ---------------------------------------------------------------- JSON
+    def to_dict(self) -> dict[str, Any]:
+        """The ``report.json`` content (schema ``schema_version`` 1, documented in docs/curation.md)."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "tool": "cvtrain check",
+            "dataset": self.dataset,
+            "image_size": self.image_size,
+            "config": self.config,
+            "summary": {"errors": self.count("error"), "warnings": self.count("warning"),
+                        "infos": self.count("info"), "exit_code": self.exit_code, "usable": self.usable},
+            "counts": {code: {"severity": self.severities[code], "count": self.counts[code],
+                              "listed": sum(1 for f in self.findings if f.code == code)} for code in self.codes()},
+            "statistics": self.statistics,
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent, default=_plain)
+
+    # ---------------------------------------------------------------- files
+    def write(self, directory: str | Path) -> Path:
+        """Write ``report.json`` and a self-contained ``report.html`` into ``directory``; returns it."""
+        from cvtrain.curation.html import render_html
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory
+        (directory / "report.json").write_text(self.to_json(), encoding="utf-8")
+        (directory / "report.html").write_text(render_html(self), encoding="utf-8")
+        return directory
+
+    def to_html(self, *, max_rows: int = 200, crops: bool = True) -> str:
+        from cvtrain.curation.html import render_html
+
+        return render_html(self, max_rows=max_rows, crops=crops)
+
+    def _repr_html_(self) -> str:
+        return self.to_html(max_rows=50, crops=False)
+
+    def __repr__(self) -> str:
+        return (f"Report({self.count('error')} errors, {self.count('warning')} warnings, {self.count('info')} infos, "
+                f"{len(self.counts)} codes)")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (Path, tuple)):
+        return str(value) if isinstance(value, Path) else list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
