@@ -99,6 +99,15 @@ def test_datumaro_voc_annotations_without_images(shared_datasets, checks):
     assert [f.image for f in report.by_code("image.negative")] == ["JPEGImages/@.jpg"]  # no <object>
 
 
+def test_voc_object_outside_data_classes_is_an_undeclared_category(shared_datasets, checks):
+    root = shared_datasets / "datumaro_test_assets/tests/assets/voc_dataset/voc_dataset1"
+    report = check({"format": "voc", "root": root, "annotations": "Annotations", "images": "JPEGImages",
+                    "classes": ["cat"]}, checks)
+    [finding] = report.errors
+    assert finding.code == "annotation.unknown_category" and "'person'" in finding.message
+    assert finding.file.endswith("2007_000001.xml")
+
+
 # --------------------------------------------------------------- clean datasets
 def test_raccoon_has_no_errors(shared_datasets, checks):
     report = check({"format": "voc", "root": shared_datasets / "raccoon", "annotations": "annotations",

@@ -209,3 +209,5 @@ def test_semantic_mask_checks(tmp_path, checks):
     assert "7 (" in report.by_code("mask.unknown_value")[0].message  # 255 is ignore_index, 7 is undeclared
     assert report.statistics["splits"]["train"]["class_counts"] == {"bg": 3, "road": 2, "car": 1}
     assert "category.zero_id" not in report.counts  # value 0 is an ordinary class in masks
+    unread = run_checks(index, checks.model_copy(update={"check_files": False}), progress=False)
+    assert unread.counts == {}  # without reading masks nothing is known, and nothing is claimed

@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import re
+from pathlib import Path
 
 import pytest
 from curation_builders import HEIGHT, WIDTH, add_box, clean_coco, write
@@ -125,3 +126,10 @@ def test_command_exit_codes(tmp_path, flawed, capsys):
     (clean.root / "annotations.json").write_text("{")
     assert command(data=str(dataset), overrides=[cache], out=str(tmp_path / "e")) == 2
     assert json.loads((tmp_path / "e" / "report.json").read_text())["findings"][0]["code"] == "file.unparseable"
+
+
+def test_every_code_is_documented():
+    from cvtrain.curation import CODES
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "curation.md").read_text()
+    assert [code for code in CODES if f"| `{code}` |" not in text] == []

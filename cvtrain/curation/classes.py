@@ -38,7 +38,8 @@ def class_statistics(out: Collector, usable: np.ndarray, mask_values: dict[int, 
     k = len(names)
     split_names, image_split = split_labels(out)
     s = len(split_names)
-    semantic = bool(mask_values) and len(index.annotations) == 0
+    semantic = index.task == "semantic_segmentation" or (
+        not index.annotations and any(image.mask_file for image in index.images))
     if semantic:
         examples, weight = _mask_counts(out, mask_values, image_split, s)
     else:
@@ -74,7 +75,8 @@ def class_statistics(out: Collector, usable: np.ndarray, mask_values: dict[int, 
             most, least = int(np.argmax(weight[position])), int(np.argmin(np.where(weight[position] > 0, weight[position], np.inf)))
             out.add("class.imbalance", f"split {split!r}: {names[most]!r} has {ratio:.1f}x the {unit} of "
                     f"{names[least]!r}", split=split, file=_source(out))
-    _class_findings(out, names, split_names, examples)
+    if not semantic or mask_values:  # masks not read (check_files off): nothing is known about classes
+        _class_findings(out, names, split_names, examples)
     if not semantic:
         rows = np.flatnonzero(~annotated)
         out.add_images("image.negative", rows, "no annotations: counted as a negative example")

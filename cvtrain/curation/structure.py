@@ -117,9 +117,12 @@ def _polygon_geometry(polygons, good: np.ndarray, geometry: Geometry) -> None:
     length, start, owner = polygons.length[good], polygons.start[good], polygons.owner[good]
     if len(length) == 0:
         return
-    total = int(length.sum())
-    offsets = np.repeat(start - np.concatenate([[0], np.cumsum(length)[:-1]]), length)
-    coords = polygons.coords[np.arange(total) + offsets]
+    if good.all():
+        coords = polygons.coords
+    else:  # gather the coordinates of the good polygons only
+        total = int(length.sum())
+        offsets = np.repeat(start - np.concatenate([[0], np.cumsum(length)[:-1]]), length)
+        coords = polygons.coords[np.arange(total) + offsets]
     x, y = coords[0::2], coords[1::2]
     points = length // 2
     first = np.concatenate([[0], np.cumsum(points)[:-1]])
