@@ -141,7 +141,9 @@ def _area(out: Collector, geometry: Geometry) -> None:
     stored = annotations.area
     with np.errstate(invalid="ignore"):
         bad = (stored > reference * ratio + slack) | (stored < reference / ratio - slack)
-    rows = np.flatnonzero(bad & np.isfinite(reference))
+    # a box-only reference needs a usable box: a zero or NaN box is reported once, by its own error
+    measurable = has_mask | (np.isfinite(annotations.bbox).all(axis=1) & (w > 0) & (h > 0))
+    rows = np.flatnonzero(bad & np.isfinite(reference) & measurable)
     out.add_annotations("annotation.area_mismatch", rows, lambda shown: (
         f"area {stored[r]:g} but the {'mask' if has_mask[r] else 'box'} covers {reference[r]:.6g}" for r in shown))
 

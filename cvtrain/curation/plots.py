@@ -64,10 +64,8 @@ def box_distributions(samples: dict[str, dict[str, np.ndarray]]) -> str | None:
         return None
     plt = _pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
-    everything = np.concatenate([v for v in sizes.values() if len(v)])
-    size_bins = np.geomspace(max(everything.min(), 0.5), max(everything.max(), 1.0) * 1.01, 40)
-    ratios = np.concatenate([v for v in aspects.values() if len(v)])
-    aspect_bins = np.geomspace(max(ratios.min(), 1e-3), max(ratios.max(), 1.0) * 1.01, 40)
+    size_bins = _log_bins(np.concatenate([v for v in sizes.values() if len(v)]))
+    aspect_bins = _log_bins(np.concatenate([v for v in aspects.values() if len(v)]))
     for name in sizes:
         if len(sizes[name]):
             left.hist(sizes[name], bins=size_bins, histtype="step", linewidth=1.5, label=name)
@@ -87,6 +85,14 @@ def box_distributions(samples: dict[str, dict[str, np.ndarray]]) -> str | None:
         axis.set_ylabel("boxes")
         axis.legend(fontsize=8)
     return _png(figure)
+
+
+def _log_bins(values: np.ndarray, count: int = 40) -> np.ndarray:
+    """Log-spaced bins over the values, at least a factor of 4 wide so that a narrow spread stays readable."""
+    low, high = max(float(values.min()), 1e-3), max(float(values.max()), 1e-3)
+    middle = np.sqrt(low * high)
+    low, high = min(low, middle / 2), max(high, middle * 2) * 1.01
+    return np.geomspace(low, high, count)
 
 
 def pick_for_crops(findings: list["Finding"], count: int) -> list["Finding"]:
