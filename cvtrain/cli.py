@@ -72,11 +72,14 @@ def _runtime_arguments(args: argparse.Namespace, names: tuple[str, ...]) -> dict
 
 
 def _print_metrics(title: str, metrics: dict, per_class: dict) -> None:
-    keys = [k for k in ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "segm_AP", "mIoU", "pixel_accuracy") if k in metrics]
+    keys = [k for k in ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "segm_AP", "mIoU", "baseline_mIoU",
+                        "pixel_accuracy") if k in metrics]
     print(title + "  " + "  ".join(f"{k} {metrics[k]:.4f}" for k in keys))
     for iou_type, classes in per_class.items():
         if isinstance(classes, dict) and classes:
-            print(f"  per-class {iou_type}: " + ", ".join(f"{name} {value:.3f}" for name, value in classes.items()))
+            # None: a class in neither the ground truth nor the predictions (semantic segmentation)
+            print(f"  per-class {iou_type}: " + ", ".join(f"{name} {'absent' if value is None else f'{value:.3f}'}"
+                                                           for name, value in classes.items()))
 
 
 def run(args: argparse.Namespace) -> int:

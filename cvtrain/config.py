@@ -122,6 +122,8 @@ class TrainConfig(StrictModel):
     val_every_n_epochs: int = Field(1, gt=0)
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
+    # semantic segmentation: cross-entropy class weights from the training masks' pixel frequencies
+    class_weights: Literal["none", "inverse", "median_frequency"] = "none"
 
 
 class AugmentConfig(StrictModel):

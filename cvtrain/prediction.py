@@ -53,6 +53,9 @@ def run_prediction(task, config: Config, source: Path, out_dir: Path, *, device:
             image_id = start + offset + 1
             meta = {"image_id": image_id, "orig_size": original.shape[:2], "size": tuple(tensor.shape[1:])}
             output = {k: v.cpu() for k, v in output.items()}
+            if hasattr(task, "write_prediction"):  # tasks that write their own files (semantic masks)
+                results.extend(task.write_prediction(path, original, output, meta, out_dir))
+                continue
             for record in task.to_results(output, meta):
                 results.append({**record, "file_name": str(path.name),
                                 "category_name": task.class_names[task.category_ids.index(record["category_id"])]})

@@ -14,6 +14,7 @@ FORMAT_DEFAULTS: dict[str, dict[str, str]] = {
     "coco": {"annotations": "annotations.json", "images": "images"},
     "shapes": {"annotations": "annotations.json", "images": "images", "generated": "yes"},
     "voc": {"annotations": "Annotations", "images": "JPEGImages"},
+    "masks": {"images": "images", "masks": "masks"},
 }
 
 
@@ -37,11 +38,14 @@ def build_index(data) -> DatasetIndex:
             images=images or data.images or defaults.get("images", ""),
             masks=masks or data.masks or defaults.get("masks"),
             classes=data.classes,
+            ignore_index=data.ignore_index,
+            palette=data.palette,
             names=names,
             **data.options,
         )
 
-    own_files = {name: split for name, split in data.splits.items() if split.annotations}
+    # A split with its own annotation file, or its own mask folder, is read on its own.
+    own_files = {name: split for name, split in data.splits.items() if split.annotations or split.masks}
     if own_files:
         parts = []
         for name, split in own_files.items():
@@ -83,7 +87,11 @@ def assign_ratio_split(index: DatasetIndex, val_fraction: float, seed: int, trai
 
 
 def _listed(index: DatasetIndex, list_file: Path) -> set[int]:
-    """Image ids named in a list file: one file name (or stem) per line, or a CSV with a 'filename' column."""
+    """Image ids named in a list file: one file name (or stem) per line, or a CSV with a 'filename' column.
+
+    A line of two paths (``image mask``, as in CamVid's and VOC-style segmentation lists) names its first
+    path's file: ``/SegNet/CamVid/val/x.png /SegNet/CamVid/valannot/x.png`` lists ``x.png``.
+    """
     if not list_file.is_file():
         raise DataError("split list not found", where=str(list_file), hint="check data.splits.<name>.list")
     text = list_file.read_text(encoding="utf-8", errors="replace")
@@ -100,6 +108,7 @@ def _listed(index: DatasetIndex, list_file: Path) -> set[int]:
         path = PurePosixPath(image.file_name)
         for key in (image.file_name, path.name, path.stem):
             by_name.setdefault(key, image.id)
+    names = {n if n in by_name or len(n.split()) != 2 else PurePosixPath(n.split()[0]).name for n in names}
     found = {by_name[n] for n in names if n in by_name}
     missing = sorted(n for n in names if n not in by_name)
     if missing:

@@ -6,7 +6,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from cvtrain.config import Config
 from cvtrain.data.dataset import DetectionDataset, collate
+from cvtrain.data.formats.masks import ignore_value
 from cvtrain.data.index import DatasetIndex
+from cvtrain.data.segmentation import SegmentationDataset
 from cvtrain.data.transforms import build_eval_transform, build_train_transform
 from cvtrain.errors import DataError
 
@@ -17,6 +19,11 @@ def build_dataset(config: Config, index: DatasetIndex, *, train: bool) -> Datase
     if config.task in ("detection", "instance_segmentation"):
         transform = build_train_transform(config.augment, size) if train else build_eval_transform(config.augment, size)
         return DetectionDataset(index, transform, with_masks=config.task == "instance_segmentation")
+    if config.task == "semantic_segmentation":
+        fill = ignore_value(index.num_classes, index.ignore_index)  # padding is not scored
+        transform = (build_train_transform(config.augment, size, with_boxes=False, mask_fill=fill) if train
+                     else build_eval_transform(config.augment, size, with_boxes=False))
+        return SegmentationDataset(index, transform, palette=config.data.palette, keep_original=not train)
     raise DataError(f"no dataset for task {config.task!r}")
 
 
@@ -43,14 +50,18 @@ class DataModule(pl.LightningDataModule):
                             hint="set data.splits, data.val_fraction, or data.train_split/val_split")
         return part
 
-    def _loader(self, dataset: Dataset, *, shuffle: bool, batch_size: int) -> DataLoader:
+    def _loader(self, dataset: Dataset, *, shuffle: bool, batch_size: int, drop_last: bool = False) -> DataLoader:
         workers = self.config.train.num_workers
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=collate,
-                          persistent_workers=workers > 0, pin_memory=False)
+                          persistent_workers=workers > 0, pin_memory=False, drop_last=drop_last)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(build_dataset(self.config, self.train_index, train=True), shuffle=True,
-                            batch_size=self.config.train.batch_size)
+        dataset = build_dataset(self.config, self.train_index, train=True)
+        batch_size = self.config.train.batch_size
+        # A last batch of one image breaks BatchNorm in DeepLabV3's image pooling; torchvision's
+        # segmentation reference drops the incomplete batch too.
+        drop_last = self.config.task == "semantic_segmentation" and len(dataset) > batch_size
+        return self._loader(dataset, shuffle=True, batch_size=batch_size, drop_last=drop_last)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(build_dataset(self.config, self.val_index, train=False), shuffle=False,

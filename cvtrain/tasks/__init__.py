@@ -10,9 +10,13 @@ from pydantic import ValidationError
 
 from cvtrain.errors import CheckpointError
 from cvtrain.tasks.detection import DetectionTask
+from cvtrain.tasks.instance import InstanceSegmentationTask
+from cvtrain.tasks.segmentation import SegmentationTask
 
 TASKS: dict[str, type[pl.LightningModule]] = {
     "detection": DetectionTask,
+    "instance_segmentation": InstanceSegmentationTask,
+    "semantic_segmentation": SegmentationTask,
 }
 
 
