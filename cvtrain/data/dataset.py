@@ -119,6 +119,9 @@ class DetectionDataset(Dataset):
         masks = np.zeros((len(annotations), height, width), dtype=np.uint8)
         for row, annotation in enumerate(annotations):
             segmentation = annotation.segmentation
+            if isinstance(segmentation, list):
+                # Polygons of fewer than 3 points cover nothing (pycocotools would read 4 numbers as a box).
+                segmentation = [p for p in segmentation if isinstance(p, list) and len(p) >= 6] or None
             if segmentation is None:
                 x, y, w, h = (int(round(v)) for v in annotation.bbox)
                 masks[row, max(y, 0): y + h, max(x, 0): x + w] = 1  # box-shaped mask when none is given
@@ -129,6 +132,9 @@ class DetectionDataset(Dataset):
                 rle = mask_utils.frPyObjects(segmentation, height, width)
             else:
                 rle = segmentation
+            if list(rle["size"]) != [height, width]:
+                raise DataError(f"annotation {annotation.id}: RLE size {list(rle['size'])} is not the image's [{height}, {width}]",
+                                where=str(annotation.source or self.index.root), hint="re-encode the mask at the image size")
             masks[row] = mask_utils.decode(rle)
         return masks
 
