@@ -111,6 +111,7 @@ def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | No
         trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume_path) if resume_path else None)
     finally:
         os.environ.pop(RUN_DIR_ENV, None)
+    run_dir = metrics_file.run_dir  # rank 0's choice, on every rank (under torchrun each rank chose its own)
     best = metrics_file.best or {}
     checkpoints = run_dir / "checkpoints"
     result = FitResult(

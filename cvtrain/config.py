@@ -158,6 +158,10 @@ class TrainerConfig(StrictModel):
     gpus: int | None = Field(None, ge=0)  # shorthand: accelerator=gpu, devices=N, DDP when N > 1
     num_nodes: int = Field(1, gt=0)
     amp: Literal["off", "auto", "fp16", "bf16"] = "off"
+    # --amp fp16: warn (suggesting bf16) after this many consecutive steps skipped for inf/NaN gradients,
+    # or once the loss scale falls below min_loss_scale
+    max_bad_steps: int = Field(10, gt=0)
+    min_loss_scale: float = Field(1.0, gt=0.0)
     fast_dev_run: bool = False
     strategy: str = "auto"
     log_every_n_steps: int = Field(10, gt=0)

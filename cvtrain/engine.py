@@ -17,8 +17,10 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.plugins.precision import MixedPrecision
 
+from cvtrain.amp import LossScaleMonitor, active_scaler
 from cvtrain.config import Config
 from cvtrain.errors import ConfigError
+from cvtrain.run import is_rank_zero
 
 log = logging.getLogger("cvtrain")
 
@@ -59,8 +61,25 @@ def uses_cuda(config: Config) -> bool:
 
 
 def launched_externally() -> bool:
-    """True under torchrun or SLURM, which start one process per device themselves."""
-    return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    """True under torchrun, or ``srun`` with several tasks: they start one process per device themselves.
+
+    As Lightning decides: a SLURM job named ``bash`` or ``interactive`` is an
+    interactive allocation, in which Lightning starts the processes.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_torchelastic_launched():
+        return True
+    interactive = os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive")
+    return int(os.environ.get("SLURM_NTASKS", "1")) > 1 and not interactive
+
+
+def launcher_layout() -> tuple[int, int]:
+    """``(processes per node, nodes)`` as torchrun or SLURM started them."""
+    if torch.distributed.is_available() and torch.distributed.is_torchelastic_launched():
+        per_node = int(os.environ["LOCAL_WORLD_SIZE"])
+        return per_node, int(os.environ["WORLD_SIZE"]) // per_node
+    nodes = int(os.environ.get("SLURM_NNODES", "1"))
+    per_node = os.environ.get("SLURM_NTASKS_PER_NODE")
+    return (int(per_node) if per_node else int(os.environ["SLURM_NTASKS"]) // nodes), nodes
 
 
 def precision_arguments(config: Config) -> dict[str, Any]:
@@ -75,7 +94,7 @@ def precision_arguments(config: Config) -> dict[str, Any]:
     if amp == "off":
         return {"precision": "32-true"}
     if amp == "auto":
-        if not cuda:
+        if not cuda and is_rank_zero():
             log.warning("--amp on CPU uses bf16 autocast (FP16 on CPU is slow); pass --amp fp16 to force FP16 with loss scaling")
         amp = "fp16" if cuda else "bf16"
     if amp == "bf16":
@@ -95,14 +114,23 @@ def device_arguments(config: Config) -> dict[str, Any]:
             raise ConfigError(f"--gpus {spec.gpus} asked for {spec.gpus} GPU(s) but this machine has {available}",
                               hint="lower --gpus, or use --accelerator cpu --devices N for DDP on the CPU")
         accelerator, devices = ("gpu", spec.gpus) if spec.gpus > 0 else ("cpu", 1)
+    num_nodes = spec.num_nodes
     if launched_externally():
-        # torchrun/SLURM started the processes: one device per process, as many as it launched here.
-        devices = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or devices)
+        # torchrun/SLURM started the processes: one device per process, as many as it launched, on as many nodes.
+        devices, nodes = launcher_layout()
+        if num_nodes not in (1, nodes):
+            raise ConfigError(f"--num-nodes {num_nodes} but the launcher started processes on {nodes} node(s)",
+                              hint="leave --num-nodes out under torchrun/srun; cvtrain reads it from the launcher")
+        num_nodes = nodes
     count = devices if isinstance(devices, int) else (torch.cuda.device_count() if devices == "auto" and accelerator != "cpu" else 1)
     strategy = spec.strategy
-    if strategy == "auto" and (count > 1 or spec.num_nodes > 1):
+    if strategy == "auto" and (count > 1 or num_nodes > 1):
         strategy = "ddp_notebook" if _in_notebook() else "ddp"
-    return {"accelerator": accelerator, "devices": devices, "num_nodes": spec.num_nodes, "strategy": strategy}
+    if config.train.sync_batchnorm and (count > 1 or num_nodes > 1) and not uses_cuda(config):
+        # torch's SyncBatchNorm refuses CPU tensors, but only at the first training step, deep in the model.
+        raise ConfigError("train.sync_batchnorm needs CUDA GPUs: SyncBatchNorm does not run on the CPU",
+                          hint="set train.sync_batchnorm=false for DDP on the CPU")
+    return {"accelerator": accelerator, "devices": devices, "num_nodes": num_nodes, "strategy": strategy}
 
 
 def _in_notebook() -> bool:
@@ -148,4 +176,8 @@ def build_trainer(config: Config, run_dir: Path, *, callbacks: list[pl.Callback]
     arguments.update(precision)
     arguments.setdefault("plugins", []).append(AtomicCheckpointIO())
     arguments.update(overrides)
-    return pl.Trainer(**arguments)
+    trainer = pl.Trainer(**arguments)
+    if active_scaler(trainer) is not None:
+        # First in the list: Lightning keeps the checkpoint callbacks last so that they save the others' state.
+        trainer.callbacks.insert(0, LossScaleMonitor(config.trainer.max_bad_steps, config.trainer.min_loss_scale))
+    return trainer

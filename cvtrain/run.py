@@ -45,6 +45,10 @@ def choose_run_dir(requested: Path | None, name: str, *, resume: bool = False, o
     inherited = os.environ.get(RUN_DIR_ENV)
     if inherited:
         return Path(inherited)
+    if not is_rank_zero():
+        # Under torchrun/srun every rank starts at once, and rank 0 may already have made the directory: only
+        # rank 0 checks and chooses. The trainer broadcasts its choice (``MetricsFile.setup``); others create nothing.
+        return Path(requested) if requested is not None else Path("runs") / name
     if requested is not None:
         path = Path(requested)
         if _holds_run(path) and not (resume or overwrite):
@@ -118,6 +122,14 @@ class MetricsFile(pl.Callback):
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
         self.started = time.time()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent
+
+    def setup(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:
+        # Every rank picked a run directory before the processes could talk; rank 0's is the run's.
+        self.path = Path(trainer.strategy.broadcast(str(self.path), src=0))
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:

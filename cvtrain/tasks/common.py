@@ -1,6 +1,7 @@
 """What every task shares: optimizer and schedule from the spec, gathering predictions under DDP."""
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Iterable
 
@@ -9,19 +10,26 @@ import torch
 import torch.distributed as dist
 
 from cvtrain.config import Config
+from cvtrain.run import is_rank_zero
+
+log = logging.getLogger("cvtrain")
 
 
 def build_optimizer(parameters: Iterable[torch.nn.Parameter], config: Config, world_size: int) -> torch.optim.Optimizer:
     """The optimizer named in ``train.optimizer``.
 
     With ``scale_lr_with_batch`` the linear scaling rule applies:
-    ``lr * (batch_size * world_size * accumulate_grad_batches) / base_batch_size``.
+    ``lr * (batch_size * world_size * accumulate_grad_batches) / base_batch_size``
+    (Goyal et al., 2017); without it the lr is used as given whatever the global batch.
     """
     spec = config.train.optimizer
     lr = spec.lr
     if spec.scale_lr_with_batch:
         global_batch = config.train.batch_size * world_size * config.train.accumulate_grad_batches
         lr = lr * global_batch / spec.base_batch_size
+        if is_rank_zero():
+            log.info(f"lr {spec.lr:g} scaled to {lr:g} for a global batch of {global_batch} "
+                     f"(train.optimizer.base_batch_size {spec.base_batch_size})")
     parameters = [p for p in parameters if p.requires_grad]
     if spec.name == "sgd":
         return torch.optim.SGD(parameters, lr=lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
