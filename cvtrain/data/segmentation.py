@@ -61,7 +61,7 @@ class SegmentationDataset(Dataset):
             "size": tuple(image.shape[:2]),
         }
         if self.keep_original:
-            target["orig_mask"] = torch.from_numpy(original.astype(np.int64))
+            target["orig_mask"] = torch.from_numpy(original.astype(np.int32))  # only compared, never a loss target
         return to_tensor(image), target
 
 

@@ -75,6 +75,8 @@ class SegmentationTask(pl.LightningModule):
         classes = len(class_names)
         self.ignore = ignore_value(classes, self.config.data.ignore_index)
         self.model = build_model(_with_aux_loss(self.config.model), classes, self.config.train.image_size)
+        if not (self.config.model.weights or self.config.model.backbone_weights):
+            _track_batchnorm(self.model)
         self.register_buffer("train_pixels", torch.zeros(classes, dtype=torch.float64))
         self.register_buffer("class_weight", torch.ones(classes))
         self.register_buffer("mean", torch.tensor(MEAN).view(3, 1, 1), persistent=False)
@@ -203,6 +205,18 @@ class SegmentationTask(pl.LightningModule):
         counts = np.bincount(prediction.ravel(), minlength=len(self.class_names))
         return [{"image_id": meta["image_id"], "file_name": path.name, **files,
                  "pixels": {name: int(count) for name, count in zip(self.class_names, counts) if count}}]
+
+
+def _track_batchnorm(model: torch.nn.Module) -> None:
+    """BatchNorm momentum 0.1 (PyTorch's default) where torchvision set less, for models trained from scratch.
+
+    MobileNetV3's BatchNorm keeps 99 % of its running statistics each step (momentum 0.01), tuned for
+    long ImageNet schedules. From random weights in a short run the statistics lag far behind the
+    weights, and evaluation, which uses them, predicts one class everywhere.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and (module.momentum or 0.1) < 0.1:
+            module.momentum = 0.1
 
 
 def _with_aux_loss(model_config):
