@@ -19,7 +19,9 @@ from cvtrain.config import Config, load_config, save_config
 from cvtrain.data.loading import build_index
 from cvtrain.data.module import DataModule
 from cvtrain.engine import build_trainer
-from cvtrain.errors import CheckpointError, CvtrainError
+from cvtrain.errors import CvtrainError
+from cvtrain.resilience import (SKIPPED_FILE, CheckpointInfo, check_checkpoint_fits, find_resume_checkpoint,
+                                inspect_checkpoint, resilience_callbacks)
 from cvtrain.run import RUN_DIR_ENV, MetricsFile, choose_run_dir, is_rank_zero, write_json, write_run_info
 from cvtrain.tasks import TASKS, load_task, read_checkpoint
 
@@ -81,7 +83,8 @@ def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | No
         spec: YAML spec path, dict or ``Config``.
         overrides: ``["train.max_epochs=3", ...]`` or a dict of dotted keys.
         data: dataset description YAML replacing the spec's ``data`` section.
-        resume: ``"auto"`` (the run directory's ``last.ckpt``) or a checkpoint path.
+        resume: ``"auto"`` (the run directory's newest valid checkpoint: last, periodic or best) or a
+            checkpoint path. Model, optimizer, schedule, epoch, step, RNG states and data order continue.
         overwrite: replace an existing run directory instead of starting a new one.
         **arguments: CLI flags by name: ``amp``, ``gpus``, ``accelerator``, ``devices``, ``num_nodes``,
             ``seed``, ``max_epochs``, ``max_steps``, ``fast_dev_run``, ``run_dir``.
@@ -93,22 +96,28 @@ def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | No
     config = load_config(spec, overrides, data=data, **arguments)
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
     run_dir = choose_run_dir(config.run_dir, config.name or "run", resume=resume is not None, overwrite=overwrite)
-    resume_path = _resume_path(resume, run_dir)
+    resume_from = _resume_from(resume, run_dir)
     index = build_index(config.data)
+    if resume_from is not None:
+        check_checkpoint_fits(resume_from.hyper_parameters, config.task, index.task, index.class_names, resume_from.path)
     if is_rank_zero():
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
         write_run_info(run_dir, config=config, fingerprint=index.fingerprint(), dataset=index.summary(),
-                       resumed_from=str(resume_path) if resume_path else None)
+                       resumed_from=str(resume_from.path) if resume_from else None)
         print(f"run directory: {run_dir}")
         print(f"TensorBoard:   tensorboard --logdir {run_dir / 'tensorboard'}")
+        if resume_from is not None:
+            print(f"resuming from {resume_from.path} (epoch {resume_from.epoch}, step {resume_from.global_step})")
     datamodule = DataModule(config, index)
+    datamodule.unreadable_log = run_dir / SKIPPED_FILE
     task = TASKS[config.task](config.model_dump(mode="json"), index.class_names, [c.id for c in index.categories])
     metrics_file = MetricsFile(run_dir / "metrics.json")
-    trainer = build_trainer(config, run_dir, callbacks=[metrics_file], monitor=task.monitor)
+    trainer = build_trainer(config, run_dir, callbacks=[metrics_file, *resilience_callbacks(config, run_dir)],
+                            monitor=task.monitor)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP workers started by Lightning inherit it
     try:
-        trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume_path) if resume_path else None)
+        trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume_from.path) if resume_from else None)
     finally:
         os.environ.pop(RUN_DIR_ENV, None)
     run_dir = metrics_file.run_dir  # rank 0's choice, on every rank (under torchrun each rank chose its own)
@@ -125,18 +134,13 @@ def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | No
     return result
 
 
-def _resume_path(resume: str | None, run_dir: Path) -> Path | None:
+def _resume_from(resume: str | None, run_dir: Path) -> CheckpointInfo | None:
+    """``auto``: the run directory's newest valid checkpoint; a path: that checkpoint, checked now, not deep in Lightning."""
     if resume is None:
         return None
     if resume == "auto":
-        path = run_dir / "checkpoints" / "last.ckpt"
-        if not path.is_file():
-            raise CheckpointError("nothing to resume: no last.ckpt", where=str(run_dir / "checkpoints"),
-                                  hint="give --run-dir of an earlier run, or a checkpoint path to --resume")
-        return path
-    path = Path(resume)
-    read_checkpoint(path)  # fail now, with a clear message, rather than deep inside Lightning
-    return path
+        return find_resume_checkpoint(run_dir, quiet=not is_rank_zero())
+    return inspect_checkpoint(Path(resume))
 
 
 # ---------------------------------------------------------------------- evaluate
@@ -151,13 +155,6 @@ def _config_for_checkpoint(payload: dict[str, Any], spec: Spec | None, overrides
         tree = dict(trained)
     tree["trainer"] = {**tree.get("trainer", {}), "fast_dev_run": False}
     return load_config(tree, overrides, data=data, **arguments)
-
-
-def _check_classes(payload: dict[str, Any], class_names: list[str], checkpoint: Path) -> None:
-    trained = payload["hyper_parameters"]["class_names"]
-    if list(trained) != list(class_names):
-        raise CheckpointError(f"checkpoint was trained on classes {trained} but the dataset has {class_names}",
-                              where=str(checkpoint), hint="evaluate with the dataset it was trained on, or retrain")
 
 
 def evaluate(spec: Spec | None = None, checkpoint: str | os.PathLike = "", overrides: Overrides = None, *,
@@ -177,7 +174,7 @@ def evaluate(spec: Spec | None = None, checkpoint: str | os.PathLike = "", overr
     if split:
         config.data.val_split = split
     index = build_index(config.data)
-    _check_classes(payload, index.class_names, checkpoint)
+    check_checkpoint_fits(payload["hyper_parameters"], config.task, index.task, index.class_names, checkpoint)
     task = load_task(checkpoint, payload)
     out_dir = Path(out) if out else checkpoint.resolve().parent.parent / f"evaluate-{config.data.val_split}"
     datamodule = DataModule.for_evaluation(config, index)

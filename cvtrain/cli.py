@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--max-epochs", type=int)
     fit.add_argument("--max-steps", type=int)
     fit.add_argument("--fast-dev-run", action="store_true", default=None, help="one training and one validation batch")
-    fit.add_argument("--resume", nargs="?", const="auto", help="continue from the run directory's last.ckpt, or a given checkpoint")
+    fit.add_argument("--resume", nargs="?", const="auto",
+                     help="continue from the run directory's newest valid checkpoint (last, periodic or best), or a given one")
     fit.add_argument("--overwrite", action="store_true", help="reuse an existing --run-dir, replacing its run")
 
     evaluate = commands.add_parser("evaluate", help="score a checkpoint with pycocotools")
@@ -121,6 +122,16 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
+def _user_line(error: CvtrainError) -> str:
+    """The error's one line. A DataLoader worker re-raises it with the worker's traceback as its message,
+    whose last line is ``cvtrain.errors.DataError: <where>: <what> (<hint>)``."""
+    text = error.one_line()
+    if "Original Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        text = last.partition(": ")[2] or last
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
@@ -129,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     except CvtrainError as error:
         if args.debug:
             raise
-        print(f"error: {error.one_line()}", file=sys.stderr)
+        print(f"error: {_user_line(error)}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

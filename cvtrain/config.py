@@ -19,6 +19,7 @@ from typing import Any, Iterable, Literal, Mapping, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticUndefined
 
 from cvtrain.errors import ConfigError
 
@@ -56,6 +57,9 @@ class DataConfig(StrictModel):
     ignore_index: int | None = None  # semantic segmentation: mask value that is not scored
     palette: dict[int, list[int]] | None = None  # semantic segmentation: class index -> RGB colour
     options: dict[str, Any] = Field(default_factory=dict)  # reader-specific options
+    # an image or mask that vanishes or breaks during training: end the run naming it, or skip it
+    # (replaced by the next item and recorded in <run>/skipped.jsonl)
+    on_unreadable: Literal["stop", "skip"] = "stop"
 
     @field_validator("format")
     @classmethod
@@ -122,6 +126,9 @@ class TrainConfig(StrictModel):
     val_every_n_epochs: int = Field(1, gt=0)
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
+    # also save checkpoints/step-N.ckpt every N optimizer steps (the newest two are kept), so a kill
+    # mid-epoch loses at most N steps; resume picks the newest valid checkpoint
+    checkpoint_every_n_steps: int | None = Field(None, gt=0)
     # semantic segmentation: cross-entropy class weights from the training masks' pixel frequencies
     class_weights: Literal["none", "inverse", "median_frequency"] = "none"
 
@@ -431,4 +438,8 @@ def _explain(error: ValidationError, source: str, origin: dict[str, str], text: 
         value = first.get("input")
         shown = repr(value) if not isinstance(value, (dict, list)) or len(repr(value)) < 60 else type(value).__name__
         message = f"'{dotted}' = {shown}: {first['msg'].removeprefix('Value error, ')}" if dotted else first["msg"].removeprefix("Value error, ")
+        holder = _model_at(loc) if loc else None
+        field = holder.model_fields.get(str(loc[-1])) if holder else None
+        default = field.default if field is not None else None
+        hint = f"the default is {default!r}" if default not in (None, PydanticUndefined) else "see configs/ for complete specs"
     return ConfigError(message, where=where, hint=hint)

@@ -20,6 +20,7 @@ from pytorch_lightning.plugins.precision import MixedPrecision
 from cvtrain.amp import LossScaleMonitor, active_scaler
 from cvtrain.config import Config
 from cvtrain.errors import ConfigError
+from cvtrain.resilience import STEP_CHECKPOINT
 from cvtrain.run import is_rank_zero
 
 log = logging.getLogger("cvtrain")
@@ -149,6 +150,12 @@ def build_trainer(config: Config, run_dir: Path, *, callbacks: list[pl.Callback]
     saving: list[pl.Callback] = [ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="max", save_last=True, save_top_k=1,
         auto_insert_metric_name=False, enable_version_counter=False)] if checkpoints else []
+    if checkpoints and train.checkpoint_every_n_steps:
+        # Periodic checkpoints bound what a kill mid-epoch loses; "step" ranks them, so the newest two stay.
+        saving.append(ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", filename=STEP_CHECKPOINT, monitor="step", mode="max", save_top_k=2,
+            every_n_train_steps=train.checkpoint_every_n_steps, auto_insert_metric_name=False,
+            enable_version_counter=False))
     arguments: dict[str, Any] = dict(
         default_root_dir=str(run_dir),
         max_epochs=train.max_epochs,

@@ -40,8 +40,12 @@ def read_image(path: Path) -> np.ndarray:
             return np.asarray(image.convert("RGB"))
     except FileNotFoundError:
         raise DataError("image file not found", where=str(path), hint="run 'cvtrain check' to list every missing file") from None
+    except PermissionError:
+        raise DataError("image file is not readable (permission denied)", where=str(path),
+                        hint="fix the file's permissions for the user running cvtrain") from None
     except Image.DecompressionBombError as error:
-        raise DataError(str(error).split(" could be")[0], where=str(path), hint="decompression bombs are refused") from None
+        raise DataError(f"image is too large to decode safely: {str(error).split(', could be')[0]}", where=str(path),
+                        hint="decompression bombs are refused; resize the image if it is real") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DataError(f"cannot decode image: {error}", where=str(path), hint="the file is corrupt or truncated; replace it") from None
 

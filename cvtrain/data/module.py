@@ -1,6 +1,9 @@
 """The LightningDataModule: splits of one index, datasets, loaders."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
@@ -11,6 +14,7 @@ from cvtrain.data.index import DatasetIndex
 from cvtrain.data.segmentation import SegmentationDataset
 from cvtrain.data.transforms import build_eval_transform, build_train_transform
 from cvtrain.errors import DataError
+from cvtrain.resilience import EpochSampler, SeededItems, quiet_resume_warning, replicas
 
 
 def build_dataset(config: Config, index: DatasetIndex, *, train: bool) -> Dataset:
@@ -28,7 +32,16 @@ def build_dataset(config: Config, index: DatasetIndex, *, train: bool) -> Datase
 
 
 class DataModule(pl.LightningDataModule):
-    """Train and validation loaders over the splits named in ``data.train_split`` / ``data.val_split``."""
+    """Train and validation loaders over the splits named in ``data.train_split`` / ``data.val_split``.
+
+    The training order and augmentation follow ``(train.seed, epoch)`` and the
+    position within the epoch is saved in checkpoints, so a resumed run sees the
+    batches an uninterrupted one would have (``cvtrain.resilience``).
+    """
+
+    train_sampler: EpochSampler | None = None
+    resume_order: dict[str, int] | None = None  # from a checkpoint, for the next train loader
+    unreadable_log: Path | None = None  # where data.on_unreadable=skip records what it skipped
 
     def __init__(self, config: Config, index: DatasetIndex, *, train: bool = True):
         super().__init__()
@@ -50,10 +63,12 @@ class DataModule(pl.LightningDataModule):
                             hint="set data.splits, data.val_fraction, or data.train_split/val_split")
         return part
 
-    def _loader(self, dataset: Dataset, *, shuffle: bool, batch_size: int, drop_last: bool = False) -> DataLoader:
+    def _loader(self, dataset: Dataset, *, batch_size: int, drop_last: bool = False,
+                sampler: EpochSampler | None = None) -> DataLoader:
         workers = self.config.train.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=collate,
-                          persistent_workers=workers > 0, pin_memory=False, drop_last=drop_last)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
+                          persistent_workers=workers > 0, pin_memory=False, drop_last=drop_last,
+                          generator=sampler.generator if sampler is not None else None)
 
     def train_dataloader(self) -> DataLoader:
         dataset = build_dataset(self.config, self.train_index, train=True)
@@ -61,8 +76,23 @@ class DataModule(pl.LightningDataModule):
         # A last batch of one image breaks BatchNorm in DeepLabV3's image pooling; torchvision's
         # segmentation reference drops the incomplete batch too.
         drop_last = self.config.task == "semantic_segmentation" and len(dataset) > batch_size
-        return self._loader(dataset, shuffle=True, batch_size=batch_size, drop_last=drop_last)
+        self.train_sampler = EpochSampler(dataset, seed=self.config.train.seed, batch_size=batch_size,
+                                          resume=self.resume_order, **replicas(self.trainer))
+        self.resume_order = None
+        dataset = SeededItems(dataset, on_unreadable=self.config.data.on_unreadable, record=self.unreadable_log)
+        return self._loader(dataset, batch_size=batch_size, drop_last=drop_last, sampler=self.train_sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(build_dataset(self.config, self.val_index, train=False), shuffle=False,
+        return self._loader(build_dataset(self.config, self.val_index, train=False),
                             batch_size=self.config.eval.batch_size or self.config.train.batch_size)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints by Lightning: the epoch whose order is in use and how far training got in it."""
+        if self.train_sampler is None or self.trainer is None:
+            return {}
+        return {"train_order": self.train_sampler.state_dict(self.trainer)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.resume_order = state_dict.get("train_order")
+        if self.resume_order:
+            quiet_resume_warning()
