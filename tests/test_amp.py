@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from torchvision.ops import batched_nms, nms, roi_align, sigmoid_focal_loss
 
 from cvtrain.amp import LossScaleMonitor
@@ -83,18 +83,19 @@ def segmentation_spec(root: Path) -> dict:
     }
 
 
-def tiny_config(root: Path, **train) -> Config:
-    """A spec for ``TinyTask``: its data and model sections only satisfy the schema."""
-    spec = detection_spec(root, optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0001}, **train)
-    return load_config(spec)
+def tiny_config(root: Path, optimizer: dict | None = None, **train) -> Config:
+    """A spec for ``TinyTask`` (SGD with momentum); its data and model sections only satisfy the schema."""
+    optimizer = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0001, **(optimizer or {})}
+    return load_config(detection_spec(root, optimizer=optimizer, **train))
 
 
 class TinyTask(pl.LightningModule):
     """Two convolutions with GroupNorm and a linear classifier over 32 fixed 8x8 images.
 
     No dropout and no batch statistics: splitting a batch across processes or
-    micro-batches changes nothing but summation order. The loader is not
-    shuffled, so process ``r`` of ``w`` sees samples ``r, r + w, ...``.
+    micro-batches changes nothing but summation order. Nothing is shuffled
+    (Lightning's own distributed sampler would shuffle), so process ``r`` of
+    ``w`` sees samples ``r, r + w, ...``.
     """
 
     def __init__(self, config: Config):
@@ -110,7 +111,9 @@ class TinyTask(pl.LightningModule):
         return configure_optimization(self, self.config)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(TensorDataset(*tiny_data()), batch_size=self.config.train.batch_size, shuffle=False)
+        dataset = TensorDataset(*tiny_data())
+        sampler = DistributedSampler(dataset, self.trainer.world_size, self.global_rank, shuffle=False)
+        return DataLoader(dataset, batch_size=self.config.train.batch_size, sampler=sampler)
 
 
 def tiny_net() -> nn.Module:
