@@ -302,13 +302,13 @@ class DivergenceGuard(pl.Callback):
 
     def on_before_backward(self, trainer: pl.Trainer, module: pl.LightningModule, loss: torch.Tensor) -> None:
         if active_scaler(trainer) is None and not torch.isfinite(loss.detach()).all():
-            self._stop(trainer, f"loss is {loss.detach().float().item()}")
+            self._stop(trainer, trainer.global_step + 1, f"loss is {loss.detach().float().item()}")
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         monitor = next((c for c in trainer.callbacks if isinstance(c, LossScaleMonitor)), None)
         if monitor is not None and monitor.consecutive >= monitor.max_bad_steps:
-            self._stop(trainer, f"the FP16 loss scaler skipped {monitor.consecutive} steps in a row for inf/NaN "
+            self._stop(trainer, trainer.global_step, f"the FP16 loss scaler skipped {monitor.consecutive} steps in a row for inf/NaN "
                                 f"gradients (trainer.max_bad_steps={monitor.max_bad_steps}); --amp bf16 may help")
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, module: pl.LightningModule, optimizer) -> None:
@@ -316,22 +316,23 @@ class DivergenceGuard(pl.Callback):
             return  # gradients may be inf here by design: the scaler skips this step
         grads = [p.grad for p in module.parameters() if p.grad is not None]
         if grads and not math.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=math.inf).item()):
-            self._stop(trainer, "gradients are not finite")
+            self._stop(trainer, trainer.global_step + 1, "gradients are not finite")
 
     def on_save_checkpoint(self, trainer: pl.Trainer, module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         bad = [name for name, value in checkpoint["state_dict"].items()
                if value.is_floating_point() and not torch.isfinite(value).all()]
         if bad:
-            self._stop(trainer, f"weights are not finite ({bad[0]}{' and others' if len(bad) > 1 else ''}); "
+            self._stop(trainer, trainer.global_step, f"weights are not finite ({bad[0]}{' and others' if len(bad) > 1 else ''}); "
                                 "not saving them")
 
-    def _stop(self, trainer: pl.Trainer, what: str) -> None:
+    def _stop(self, trainer: pl.Trainer, step: int, what: str) -> None:
+        """Raise ``DivergenceError`` for optimizer step ``step`` (1-based)."""
         try:
             last = f"the last good checkpoint is {find_resume_checkpoint(self.run_dir, quiet=True).path}"
         except CheckpointError:
             last = "no checkpoint was written before it"
         raise DivergenceError(
-            f"training diverged at step {trainer.global_step + 1} (epoch {trainer.current_epoch}): {what}",
+            f"training diverged at step {step} (epoch {trainer.current_epoch}): {what}",
             where=str(self.run_dir),
             hint=f"likely a learning rate too high (train.optimizer.lr, scheduler warmup) or bad labels "
                  f"(run 'cvtrain check'); {last}; fix the cause, then resume with --resume or start again")

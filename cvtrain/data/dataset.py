@@ -1,6 +1,7 @@
 """torch Datasets over a ``DatasetIndex``."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,12 @@ def safe_path(root: Path, relative: str) -> Path:
 def read_image(path: Path) -> np.ndarray:
     """An RGB uint8 array; grey, palette, CMYK and 16-bit images are converted."""
     try:
-        with Image.open(path) as image:
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise DataError(f"image is {image.width}x{image.height} pixels, above the limit of {MAX_IMAGE_PIXELS}",
-                                where=str(path), hint="resize it; very large images are refused as decompression bombs")
+        # Pillow checks the header's size before decoding; above the limit it only warns (up to twice the limit),
+        # and that warning would print besides the error, so it is raised like the error.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             if image.mode in ("I;16", "I;16B", "I", "F"):
                 array = np.asarray(image, dtype=np.float32)
                 array = (255 * (array - array.min()) / max(float(array.max() - array.min()), 1.0)).astype(np.uint8)
@@ -43,7 +46,7 @@ def read_image(path: Path) -> np.ndarray:
     except PermissionError:
         raise DataError("image file is not readable (permission denied)", where=str(path),
                         hint="fix the file's permissions for the user running cvtrain") from None
-    except Image.DecompressionBombError as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise DataError(f"image is too large to decode safely: {str(error).split(', could be')[0]}", where=str(path),
                         hint="decompression bombs are refused; resize the image if it is real") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:

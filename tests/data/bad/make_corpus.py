@@ -180,6 +180,7 @@ def image_folders() -> None:
         "text_named_jpeg": ("a.jpg", b"this is not a picture\n"),
         "zero_byte_png": ("a.png", b""),
         "png_bomb": ("a.png", png_header_only(100_000, 100_000)),
+        "png_bomb_under_pillow_limit": ("a.png", png_header_only(20_000, 20_000)),  # refused by cvtrain's own check
         "jpeg_named_png_garbage": ("a.png", b"\xff\xd8\xff\xe0" + bytes(60)),
     }
     for name, (file_name, content) in cases.items():
