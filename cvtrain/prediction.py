@@ -34,7 +34,10 @@ def pick_device(accelerator: str | None) -> torch.device:
 
 @torch.no_grad()
 def run_prediction(task, config: Config, source: Path, out_dir: Path, *, device: str | None = None, batch_size: int = 4):
-    """Write ``predictions.json`` (COCO results plus ``file_name``) and ``images/<name>.jpg`` into ``out_dir``."""
+    """Write ``predictions.json`` (COCO results plus ``file_name``) and ``images/<name>.jpg`` into ``out_dir``.
+
+    A task with ``write_prediction`` (semantic segmentation) writes its own files and records instead.
+    """
     from cvtrain.api import PredictResult
 
     files = list_images(source)
