@@ -131,6 +131,15 @@ class MetricsFile(pl.Callback):
         # Every rank picked a run directory before the processes could talk; rank 0's is the run's.
         self.path = Path(trainer.strategy.broadcast(str(self.path), src=0))
 
+    def state_dict(self) -> dict[str, Any]:
+        # Saved in checkpoints, so that a resumed run's metrics.json keeps the epochs before the interruption
+        # (and the best of all of them), as they were when the checkpoint was written.
+        return {"history": self.history, "best": self.best}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+        self.best = state_dict.get("best")
+
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return

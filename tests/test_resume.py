@@ -69,11 +69,14 @@ def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
 
 
-def assert_same_weights(first: Path, second: Path) -> None:
-    a, b = weights(first), weights(second)
+def assert_same_run(run: Path, whole: Path) -> None:
+    """Every final tensor equal to the uninterrupted run's, and the same validation scores epoch by epoch."""
+    a, b = weights(run / "checkpoints" / "last.ckpt"), weights(whole)
     assert a.keys() == b.keys()
     different = [name for name in a if not torch.equal(a[name], b[name])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[0]}"
+    history = [json.loads((folder / "metrics.json").read_text())["history"] for folder in (run, whole.parent.parent)]
+    assert len(history[0]) == 3 and history[0] == history[1]
 
 
 def step_of(path: Path) -> int:
@@ -127,7 +130,7 @@ def test_sigkill_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(whole
     assert step_of(Path(resumed)) % STEPS_PER_EPOCH != 0
     assert f"resuming from {resumed}" in stdout
     assert step_of(run / "checkpoints" / "last.ckpt") == 3 * STEPS_PER_EPOCH
-    assert_same_weights(run / "checkpoints" / "last.ckpt", whole)
+    assert_same_run(run, whole)
 
 
 def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(whole, killed, tmp_path, caplog):
@@ -143,7 +146,7 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(whole, kille
     assert any(f"skipping {newest.path}: cannot load checkpoint safely: the file is truncated" in record.getMessage()
                for record in caplog.records)
     assert json.loads((run / "run.json").read_text())["resumed_from"] == str(previous.path)
-    assert_same_weights(result.last_checkpoint, whole)
+    assert_same_run(result.run_dir, whole)
 
 
 def test_crash_mid_write_leaves_the_previous_checkpoint(tmp_path):
