@@ -23,6 +23,7 @@ import math
 import random
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ from cvtrain.errors import CheckpointError, CvtrainError, DataError
 log = logging.getLogger("cvtrain")
 
 # What a checkpoint must hold for training to continue from it (Lightning's keys plus ours).
-RESUME_KEYS = ("state_dict", "optimizer_states", "lr_schedulers", "loops", "epoch", "global_step", "hyper_parameters")
+RESUME_KEYS = ("state_dict", "optimizer_states", "lr_schedulers", "loops", "epoch", "global_step",
+               "hyper_parameters")
 # Among checkpoints of the same step, the one written last holds the most state (validation ran before last.ckpt).
 _PREFERENCE = {"last.ckpt": 2, "best.ckpt": 0}
 STEP_CHECKPOINT = "step-{step:08d}"  # periodic checkpoints: step-00001200.ckpt
@@ -69,7 +71,8 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
         CheckpointError: the file is truncated, holds code or another pickle, or lacks training state.
     """
     if not path.is_file():
-        raise CheckpointError("checkpoint not found", where=str(path), hint="give a .ckpt from <run>/checkpoints/, or --resume auto")
+        raise CheckpointError("checkpoint not found", where=str(path),
+                              hint="give a .ckpt from <run>/checkpoints/, or --resume auto")
     if path.stat().st_size == 0:
         raise CheckpointError("checkpoint file is empty (0 bytes)", where=str(path), hint="it was never written; use another")
     try:
@@ -194,8 +197,8 @@ class EpochSampler(DistributedSampler):
             self.resume = None
         return iter(mine[start:])
 
-    def state_dict(self, trainer: pl.Trainer) -> dict[str, int]:
-        """Which epoch's order is in use and how many of its items training has consumed."""
+    def progress(self, trainer: pl.Trainer) -> dict[str, int]:
+        """Which epoch's order is in use and how many of its items training has consumed (the ``resume`` argument)."""
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         if done >= trainer.num_training_batches:
             return {"epoch": self.epoch + 1, "skip": 0}
@@ -229,8 +232,8 @@ class SeededItems(Dataset):
                 if self.on_unreadable != "skip":
                     raise
                 self._skipped(error)
-        raise DataError("every training item is unreadable", where=str(self.record.parent if self.record else ""),
-                        hint=f"see {SKIPPED_FILE}; the dataset's files are gone or broken")
+        raise DataError("every training item is unreadable", where=str(self.record) if self.record else None,
+                        hint="the dataset's files are gone or broken")
 
     def _skipped(self, error: DataError) -> None:
         log.warning(f"skipped unreadable item: {error.one_line()}")
@@ -308,8 +311,9 @@ class DivergenceGuard(pl.Callback):
                            batch_idx: int) -> None:
         monitor = next((c for c in trainer.callbacks if isinstance(c, LossScaleMonitor)), None)
         if monitor is not None and monitor.consecutive >= monitor.max_bad_steps:
-            self._stop(trainer, trainer.global_step, f"the FP16 loss scaler skipped {monitor.consecutive} steps in a row for inf/NaN "
-                                f"gradients (trainer.max_bad_steps={monitor.max_bad_steps}); --amp bf16 may help")
+            self._stop(trainer, trainer.global_step,
+                       f"the FP16 loss scaler skipped {monitor.consecutive} steps in a row for inf/NaN gradients "
+                       f"(trainer.max_bad_steps={monitor.max_bad_steps}); --amp bf16 may help")
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, module: pl.LightningModule, optimizer) -> None:
         if active_scaler(trainer) is not None:
@@ -322,8 +326,8 @@ class DivergenceGuard(pl.Callback):
         bad = [name for name, value in checkpoint["state_dict"].items()
                if value.is_floating_point() and not torch.isfinite(value).all()]
         if bad:
-            self._stop(trainer, trainer.global_step, f"weights are not finite ({bad[0]}{' and others' if len(bad) > 1 else ''}); "
-                                "not saving them")
+            others = " and others" if len(bad) > 1 else ""
+            self._stop(trainer, trainer.global_step, f"weights are not finite ({bad[0]}{others}); not saving them")
 
     def _stop(self, trainer: pl.Trainer, step: int, what: str) -> None:
         """Raise ``DivergenceError`` for optimizer step ``step`` (1-based)."""
@@ -360,7 +364,5 @@ def resilience_callbacks(config, run_dir: Path) -> list[pl.Callback]:
 
 def quiet_resume_warning() -> None:
     """Lightning warns that a mid-epoch resume repeats data unless the loader is stateful; ours resumes in place."""
-    import warnings
-
     warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
 

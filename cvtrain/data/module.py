@@ -90,7 +90,7 @@ class DataModule(pl.LightningDataModule):
         """Saved in checkpoints by Lightning: the epoch whose order is in use and how far training got in it."""
         if self.train_sampler is None or self.trainer is None:
             return {}
-        return {"train_order": self.train_sampler.state_dict(self.trainer)}
+        return {"train_order": self.train_sampler.progress(self.trainer)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.resume_order = state_dict.get("train_order")
