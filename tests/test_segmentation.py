@@ -23,6 +23,7 @@ from cvtrain.data.segmentation import SegmentationDataset, class_pixel_statistic
 from cvtrain.data.transforms import build_train_transform
 from cvtrain.errors import DataError
 from cvtrain.evaluation.segmentation import confusion_matrix, segmentation_metrics
+from cvtrain.tasks.segmentation import SegmentationTask
 
 REPO = Path(__file__).resolve().parents[1]
 CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist"]
@@ -222,6 +223,20 @@ def test_miou_and_per_class_iou_on_a_hand_made_example():
     assert metrics["per_class"]["accuracy"]["e"] is None and metrics["per_class"]["accuracy"]["b"] == 3 / 4
     assert metrics["num_pixels"] == 13 and sum(map(sum, metrics["confusion_matrix"])) == 13
     assert metrics["confusion_matrix"][2] == [1, 1, 3, 0, 0, 0]  # true c: predicted a once, b once, c three times
+
+
+def test_auxiliary_head_where_the_model_has_one():
+    def task(name: str, **options):
+        config = {"task": "semantic_segmentation", "data": {"format": "masks", "root": "x", "classes": ["a", "b"]},
+                  "model": {"name": name, "options": options}, "train": {"image_size": 64}}
+        return SegmentationTask(config, ["a", "b"], [0, 1])
+
+    with_aux = task("deeplabv3_mobilenet_v3_large")
+    assert with_aux.model.aux_classifier is not None
+    outputs = with_aux.model(torch.rand(2, 3, 64, 64))
+    assert set(outputs) == {"out", "aux"} and outputs["aux"].shape == (2, 2, 64, 64)
+    assert task("deeplabv3_mobilenet_v3_large", aux_loss=False).model.aux_classifier is None
+    assert not hasattr(task("lraspp_mobilenet_v3_large").model, "aux_classifier")  # LR-ASPP has none
 
 
 # ------------------------------------------------------------- fit, evaluate, predict
