@@ -145,6 +145,18 @@ def test_masks_pair_by_name_with_suffixes_and_split_lists(tmp_path):
         SegmentationDataset(everything)[3]
 
 
+def test_masks_beside_their_images(tmp_path):
+    write_pairs(tmp_path, class_masks(2))
+    for mask in (tmp_path / "masks").iterdir():
+        mask.rename(tmp_path / "images" / f"{mask.stem}_mask.png")
+    classes = ["background", "box", "disc"]
+    with pytest.raises(DataError, match="share one folder but options.mask_suffix is not set"):
+        read_masks(None, root=tmp_path, masks="images", classes=classes)
+    index = read_masks(None, root=tmp_path, masks="images", classes=classes, ignore_index=255, mask_suffix="_mask")
+    assert [(i.file_name, i.mask_file) for i in index.images] == [
+        ("images/frame_000.jpg", "images/frame_000_mask.png"), ("images/frame_001.jpg", "images/frame_001_mask.png")]
+
+
 def test_transform_moves_the_mask_with_the_image_and_pads_with_ignore(tmp_path):
     mask = class_masks(1)[0]
     mask[:, :2] = 0  # no unlabelled border here: every ignore pixel below is padding
