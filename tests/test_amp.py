@@ -1,7 +1,7 @@
 """Mixed precision: what ``--amp fp16`` and ``--amp bf16`` really run, loss scaling, FP16 hazards, closeness to FP32.
 
-FP16 convolution backward is slow on CPUs without FP16 units (about 15x FP32
-here), so the models are SSDlite at a quarter of its width and LR-ASPP, at 64
+PyTorch's FP16 convolution backward on the CPU skips oneDNN and is slow (about 100x FP32 per
+convolution here), so the models are SSDlite at a quarter of its width and LR-ASPP, at 64
 and 48 px.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from torchvision.ops import batched_nms, nms, roi_align, sigmoid_focal_loss
 
+import cvtrain
 from cvtrain.amp import LossScaleMonitor
 from cvtrain.config import Config, load_config
 from cvtrain.data.loading import build_index
@@ -324,6 +325,24 @@ def test_amp_flag_chooses_fp16_on_cuda_and_bf16_on_cpu_with_a_notice(tmp_path, c
     assert plugin.precision == "16-mixed" and plugin.device == "cpu" and plugin.scaler.is_enabled()
     assert precision_arguments(config(**{"trainer.amp": "bf16"})) == {"precision": "bf16-mixed"}
     assert precision_arguments(config(**{"trainer.amp": "off"})) == {"precision": "32-true"}
+
+
+@pytest.mark.parametrize(("accelerator", "amp"), [("cpu", "fp16"), pytest.param("cuda", "auto", marks=CUDA.marks)])
+def test_fit_with_fp16_logs_the_loss_scale_and_skipped_steps_to_tensorboard(accelerator, amp, tmp_path):
+    """Through the public API: ``--amp fp16`` on the CPU, plain ``--amp`` (which is fp16 there) on CUDA."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    spec = detection_spec(tmp_path / "shapes")
+    result = cvtrain.fit(spec, run_dir=tmp_path / "run", amp=amp, accelerator=ACCELERATORS[accelerator], max_epochs=1)
+    events = EventAccumulator(str(result.run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    scales = [event.value for event in events.Scalars("amp/loss_scale")]
+    skipped = [event.value for event in events.Scalars("amp/skipped_steps")]
+    assert len(scales) == len(skipped) == 4  # one per optimizer step (8 images, batch 2)
+    assert scales[0] <= 65536 and all(b <= a or b == 2 * a for a, b in zip(scales, scales[1:]))
+    # Every fall of the scale is a skipped step, and nothing else is.
+    assert skipped[-1] == (scales[0] < 65536) + sum(b < a for a, b in zip(scales, scales[1:]))
+    assert "mAP" in result.metrics
 
 
 @pytest.mark.parametrize(("max_bad_steps", "min_loss_scale", "warned_at"), [(3, 1e-3, 3), (100, 20000.0, 2)])
