@@ -276,8 +276,8 @@ def test_two_gpus_train_as_one_with_twice_the_batch(tmp_path):
     torchrun(str(HERE), str(tmp_path), json.dumps(train), "gpu", cwd=tmp_path)
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
     expected, _ = reference_weights(8, 2 * LR, 4)
-    for weights in ranks:
-        assert_same_weights({k: v.cpu() for k, v in weights.items()}, expected, atol=1e-5)
+    for weights in ranks:  # a CPU reference against cuDNN's kernels: other summation orders, hence 1e-4
+        assert_same_weights({k: v.cpu() for k, v in weights.items()}, expected, atol=1e-4)
 
 
 if __name__ == "__main__":  # under torchrun, from the tests above: train TinyTask, save each rank's weights
