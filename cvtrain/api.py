@@ -76,7 +76,7 @@ class PredictResult:
 
 # --------------------------------------------------------------------------- fit
 def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | None = None, resume: str | None = None,
-        overwrite: bool = False, **arguments: Any) -> FitResult:
+        overwrite: bool = False, skip_checks: bool = False, **arguments: Any) -> FitResult:
     """Train the model a spec describes and evaluate it every epoch.
 
     Args:
@@ -86,6 +86,8 @@ def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | No
         resume: ``"auto"`` (the run directory's newest valid checkpoint: last, periodic or best) or a
             checkpoint path. Model, optimizer, schedule, epoch, step, RNG states and data order continue.
         overwrite: replace an existing run directory instead of starting a new one.
+        skip_checks: train without checking the dataset first (see ``check``; the spec's ``checks``
+            section tunes the checks and ``checks.on_error: drop`` trains without what is broken).
         **arguments: CLI flags by name: ``amp``, ``gpus``, ``accelerator``, ``devices``, ``num_nodes``,
             ``seed``, ``max_epochs``, ``max_steps``, ``fast_dev_run``, ``run_dir``.
 
@@ -109,6 +111,8 @@ def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | No
         print(f"TensorBoard:   tensorboard --logdir {run_dir / 'tensorboard'}")
         if resume_from is not None:
             print(f"resuming from {resume_from.path} (epoch {resume_from.epoch}, step {resume_from.global_step})")
+    if not skip_checks:
+        index = _check_before_fit(index, config, run_dir)
     datamodule = DataModule(config, index)
     datamodule.unreadable_log = run_dir / SKIPPED_FILE
     task = TASKS[config.task](config.model_dump(mode="json"), index.class_names, [c.id for c in index.categories])
@@ -132,6 +136,53 @@ def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | No
         seconds=time.time() - started,
     )
     return result
+
+
+def _check_before_fit(index, config: Config, run_dir: Path):
+    """The dataset checks of ``cvtrain check``; their report goes into the run directory.
+
+    Every rank checks (under ``on_error: drop`` all must drop the same things); rank 0 writes and prints.
+    """
+    from cvtrain.curation import DatasetCheckError, preflight
+    from cvtrain.curation.command import print_errors
+
+    rank_zero = is_rank_zero()
+    try:
+        kept, report = preflight(index, config.checks, config.train.image_size, run_dir, progress=rank_zero,
+                                 write=rank_zero)
+    except DatasetCheckError as error:
+        if rank_zero:
+            print(error.report.summary_table())
+            print_errors(error.report, limit=5)
+        raise
+    if rank_zero:
+        dropped = f"; trained without them (listed in {run_dir / 'dropped.json'})" if report.count("error") else ""
+        print(f"dataset check: {report.count('error')} errors{dropped}, {report.count('warning')} warnings, "
+              f"{report.count('info')} infos; report: {run_dir / 'report.html'}")
+    return kept
+
+
+def check(spec: Spec | None = None, overrides: Overrides = None, *, data: str | os.PathLike | None = None,
+          out: str | os.PathLike | None = None):
+    """Check a dataset the way ``cvtrain check`` does: label sanity, class balance, leakage, files.
+
+    Args:
+        spec: a spec (path, dict or ``Config``) whose dataset and ``checks`` section to use; or None with ``data``.
+        overrides: ``checks.*`` keys tune the checks; other keys change the spec (or, with only
+            ``data``, the dataset description).
+        data: a dataset description YAML (with or without a spec).
+        out: a folder for ``report.json`` and ``report.html`` (none written without it).
+
+    Returns:
+        The ``Report``: ``.findings``, ``.summary_table()``, ``.to_json()``, ``.write(folder)``,
+        and a table in a notebook. ``.exit_code`` is 0 clean, 1 with errors, 2 unreadable.
+    """
+    from cvtrain.curation.command import check_spec
+
+    report, _ = check_spec(spec, overrides, data)
+    if out is not None:
+        report.write(out)
+    return report
 
 
 def _resume_from(resume: str | None, run_dir: Path) -> CheckpointInfo | None:

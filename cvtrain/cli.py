@@ -1,4 +1,4 @@
-"""``cvtrain fit|evaluate|predict``: a thin shell over ``cvtrain.api``.
+"""``cvtrain fit|check|evaluate|predict``: a thin shell over ``cvtrain.api``.
 
 User mistakes print one line (what, where, how to fix) and exit 2 without a
 traceback; ``--debug`` shows the traceback.
@@ -49,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--resume", nargs="?", const="auto",
                      help="continue from the run directory's newest valid checkpoint (last, periodic or best), or a given one")
     fit.add_argument("--overwrite", action="store_true", help="reuse an existing --run-dir, replacing its run")
+    fit.add_argument("--skip-checks", action="store_true", help="train without checking the dataset first")
+
+    check = commands.add_parser("check", help="check a dataset: label sanity, class balance, leakage, files")
+    check.add_argument("-c", "--config", help="YAML spec whose dataset and checks section to use")
+    check.add_argument("--data", help="dataset description YAML (alone, or replacing the spec's data section)")
+    check.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="checks.* keys tune the checks (checks.decode_images=false); others change the spec")
+    check.add_argument("--out", help="folder for report.json and report.html (default runs/check-<name>)")
+    check.add_argument("--debug", action="store_true", help="show tracebacks")
 
     evaluate = commands.add_parser("evaluate", help="score a checkpoint with pycocotools")
     _common(evaluate, spec_required=False)
@@ -90,11 +99,16 @@ def run(args: argparse.Namespace) -> int:
     runtime = ("amp", "gpus", "accelerator", "devices", "num_nodes")
     if args.command == "fit":
         result = api.fit(args.config, args.overrides, data=args.data, resume=args.resume, overwrite=args.overwrite,
+                         skip_checks=args.skip_checks,
                          **_runtime_arguments(args, runtime + ("run_dir", "seed", "max_epochs", "max_steps", "fast_dev_run")))
         if is_rank_zero():
             _print_metrics(f"done in {result.seconds:.0f} s; best validation:", result.metrics, result.per_class)
             print(f"best checkpoint: {result.best_checkpoint}\nrun directory:   {result.run_dir}")
         return 0
+    if args.command == "check":
+        from cvtrain.curation.command import run_check_command
+
+        return run_check_command(args)
     if args.command == "evaluate":
         result = api.evaluate(args.config, args.checkpoint, args.overrides, data=args.data, split=args.split, out=args.out,
                               **_runtime_arguments(args, runtime))

@@ -174,6 +174,9 @@ class TrainerConfig(StrictModel):
     log_every_n_steps: int = Field(10, gt=0)
 
 
+from cvtrain.curation.config import ChecksConfig  # noqa: E402  (it builds on StrictModel above)
+
+
 class Config(StrictModel):
     """A whole spec."""
 
@@ -184,6 +187,7 @@ class Config(StrictModel):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    checks: ChecksConfig = Field(default_factory=ChecksConfig)  # dataset checks before training (cvtrain check)
     run_dir: Path | None = None  # default: runs/<spec name>[-N]
     name: str | None = None  # run name; default: the spec file's stem
 

@@ -163,10 +163,6 @@ def test_camvid_masks_have_no_errors(shared_datasets, checks):
 
 
 def test_camvid_through_the_mask_reader_has_no_errors(shared_datasets, checks):
-    from cvtrain.data.formats import READERS
-
-    if "masks" not in READERS:
-        pytest.skip("mask reader not merged yet")
     root = shared_datasets / "camvid/CamVid"
     report = check({"format": "masks", "root": root, "classes": CAMVID_CLASSES, "ignore_index": 11,
                     "splits": {"val": {"images": "val", "masks": "valannot", "list": "val.txt"},

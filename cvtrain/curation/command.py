@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from pydantic import ValidationError
 
@@ -28,32 +29,54 @@ def run_check_command(args: argparse.Namespace) -> int:
         0 without errors, 1 with errors, 2 when the input is unusable.
     """
     try:
-        report, name = _check(args)
+        report, name = check_spec(args.config, args.overrides, args.data)
     except CvtrainError as error:
+        if getattr(args, "debug", False):
+            raise
         print(f"error: {error.one_line()}", file=sys.stderr)
         return error.exit_code
     out = Path(getattr(args, "out", None) or f"runs/check-{name}")
     report.write(out)
     print(report.summary_table())
+    print_errors(report)
     return report.exit_code
 
 
-def _check(args: argparse.Namespace):
+def print_errors(report, limit: int = 10) -> None:
+    """The first errors as one line each (where, what, how to fix) on stderr; the rest are in the report."""
+    errors = report.errors
+    for finding in errors[:limit]:
+        where = finding.location()
+        print(f"error: {where + ': ' if where else ''}{finding.message} ({finding.hint})", file=sys.stderr)
+    if len(errors) > limit:
+        print(f"... and {len(errors) - limit} more errors in {report.path / 'report.json'}", file=sys.stderr)
+
+
+def check_spec(spec: Any, overrides: Any = None, data: str | os.PathLike | None = None):
+    """Check the dataset of a spec (path, dict or ``Config``) or of a dataset file alone.
+
+    Returns:
+        ``(report, name)``; ``name`` names the default output folder.
+    """
     from cvtrain.config import load_config, parse_override
 
-    pairs = [parse_override(text) for text in getattr(args, "overrides", None) or []]
+    if isinstance(overrides, Mapping):
+        pairs = list(overrides.items())
+    else:
+        pairs = [parse_override(text) for text in overrides or []]
     checks = {key.removeprefix("checks."): value for key, value in pairs if key.startswith("checks.")}
     others = [(key, value) for key, value in pairs if not key.startswith("checks.")]
-    if args.config:
-        config = load_config(args.config, dict(others), data=args.data)
-        base = getattr(config, "checks", None)
-        name, image_size, data = config.name or Path(args.config).stem, config.train.image_size, config.data
-    elif args.data:
-        data = load_data_description(Path(args.data), others)
-        base, name, image_size = None, Path(args.data).stem, DEFAULT_IMAGE_SIZE
+    if spec is not None:
+        config = load_config(spec, dict(others), data=data)
+        stem = Path(spec).stem if isinstance(spec, (str, os.PathLike)) else "spec"
+        base, name, image_size, data = config.checks, config.name or stem, config.train.image_size, config.data
+    elif data is not None:
+        name = Path(data).stem
+        data = load_data_description(Path(data), others)
+        base, image_size = None, DEFAULT_IMAGE_SIZE
         if not hasattr(data, "format"):  # --data named a whole spec
             config, data = data, data.data
-            base, image_size = getattr(config, "checks", None), config.train.image_size
+            base, image_size = config.checks, config.train.image_size
     else:
         raise ConfigError("nothing to check", hint="give a spec with -c/--config or a dataset file with --data")
     return check_dataset(data, _checks_config(base, checks), image_size), name

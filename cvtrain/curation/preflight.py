@@ -23,7 +23,7 @@ class DatasetCheckError(CvtrainError):
 
 
 def preflight(index: DatasetIndex, checks_config: ChecksConfig | None, image_size: int | None,
-              run_dir: str | Path, *, progress: bool = True) -> tuple[DatasetIndex, Report]:
+              run_dir: str | Path, *, progress: bool = True, write: bool = True) -> tuple[DatasetIndex, Report]:
     """Check ``index`` before training; write the report into ``run_dir``.
 
     Args:
@@ -32,6 +32,8 @@ def preflight(index: DatasetIndex, checks_config: ChecksConfig | None, image_siz
         image_size: ``train.image_size``.
         run_dir: the run directory; receives ``report.json``, ``report.html`` and,
             with ``on_error: drop``, ``dropped.json``.
+        write: write those files; False on the other ranks of a distributed run,
+            which check the same data to drop the same things.
 
     Returns:
         ``(index_to_train_on, report)``: the same index when there are no errors, a
@@ -44,19 +46,22 @@ def preflight(index: DatasetIndex, checks_config: ChecksConfig | None, image_siz
     config = checks_config or ChecksConfig()
     run_dir = Path(run_dir)
     report = run_checks(index, config, image_size=image_size, progress=progress)
-    report.write(run_dir)
+    if write:
+        report.write(run_dir)
     errors = report.count("error")
     if not errors:
         return index, report
     where = str(run_dir / "report.html")
     codes = ", ".join(f"{code} x{report.counts[code]}" for code in report.codes() if report.severities[code] == "error")
     if config.on_error == "stop":
-        raise DatasetCheckError(f"dataset check found {errors} error(s): {codes}; see {where}", hint=(
+        error = DatasetCheckError(f"dataset check found {errors} error(s): {codes}; see {where}", hint=(
             "fix the data, set checks.on_error=drop to train without them, or pass --skip-checks"))
-    return drop_errors(index, report, run_dir), report
+        error.report = report
+        raise error
+    return drop_errors(index, report, run_dir, write=write), report
 
 
-def drop_errors(index: DatasetIndex, report: Report, run_dir: Path) -> DatasetIndex:
+def drop_errors(index: DatasetIndex, report: Report, run_dir: Path, *, write: bool = True) -> DatasetIndex:
     """A new index without what the error findings point at; ``dropped.json`` lists it."""
     drop_images: dict[int, str] = {}
     drop_annotations: dict[int, str] = {}
@@ -96,6 +101,8 @@ def drop_errors(index: DatasetIndex, report: Report, run_dir: Path) -> DatasetIn
         "annotations": dropped_annotations,
         "kept": {"images": len(images), "annotations": len(annotations)},
     }
+    if not write:
+        return replace(index, images=images, annotations=annotations)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "dropped.json").write_text(json.dumps(listing, indent=1), encoding="utf-8")
     return replace(index, images=images, annotations=annotations)
