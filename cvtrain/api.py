@@ -68,7 +68,8 @@ class PredictResult:
     out_dir: Path
     predictions_file: Path
     num_images: int
-    num_detections: int
+    num_detections: int  # detections (records) written; for semantic segmentation, one record per image
+    task: str = "detection"
 
     def _repr_html_(self) -> str:
         return _table("cvtrain predict", {"out_dir": self.out_dir, "images": self.num_images, "detections": self.num_detections})
@@ -204,7 +205,10 @@ def _config_for_checkpoint(payload: dict[str, Any], spec: Spec | None, overrides
         data = None
     else:
         tree = dict(trained)
-    tree["trainer"] = {**tree.get("trainer", {}), "fast_dev_run": False}
+    # Where the model trained (4 GPUs, 2 nodes, FP16) says nothing about where it is scored: one device of
+    # whatever this machine has, FP32, unless the flags (applied after this) say otherwise.
+    tree["trainer"] = {**tree.get("trainer", {}), "fast_dev_run": False, "accelerator": "auto", "devices": 1,
+                       "gpus": None, "num_nodes": 1, "strategy": "auto", "amp": "off"}
     return load_config(tree, overrides, data=data, **arguments)
 
 
@@ -262,6 +266,7 @@ def predict(spec: Spec | None = None, checkpoint: str | os.PathLike = "", source
     if score_threshold is not None:
         config.eval.score_threshold = score_threshold
     task = load_task(checkpoint, payload)
+    task.config.eval.score_threshold = config.eval.score_threshold  # the task draws with its own config
     out_dir = _fresh_dir(Path(out) if out else None, "predict", overwrite)
     return run_prediction(task, config, Path(source), out_dir, device=arguments.get("accelerator"))
 

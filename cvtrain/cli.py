@@ -119,8 +119,12 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "predict":
         result = api.predict(args.config, args.checkpoint, args.source, args.out, args.overrides, overwrite=args.overwrite,
                              score_threshold=args.score_threshold, **_runtime_arguments(args, ("accelerator",)))
-        print(f"{result.num_detections} detections on {result.num_images} images: {result.predictions_file}, "
-              f"drawn images in {result.out_dir / 'images'}")
+        if result.task == "semantic_segmentation":
+            print(f"{result.num_images} images: index masks in {result.out_dir / 'masks'}, colour masks in "
+                  f"{result.out_dir / 'colour'}, overlays in {result.out_dir / 'images'}; {result.predictions_file}")
+        else:
+            print(f"{result.num_detections} detections on {result.num_images} images: {result.predictions_file}, "
+                  f"drawn images in {result.out_dir / 'images'}")
         return 0
     raise AssertionError(args.command)
 

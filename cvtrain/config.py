@@ -12,6 +12,7 @@ overrides are resolved against the working directory.
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 from pathlib import Path
@@ -294,7 +295,7 @@ def load_config(
     if isinstance(spec, Config):
         tree = spec.model_dump(mode="json")
     elif isinstance(spec, Mapping):
-        tree = dict(spec)
+        tree = copy.deepcopy(dict(spec))  # overrides must not reach into the caller's dict
     else:
         path = Path(spec)
         tree = read_yaml(path)

@@ -66,4 +66,5 @@ def run_prediction(task, config: Config, source: Path, out_dir: Path, *, device:
             write_jpeg(picture, str(out_dir / "images" / f"{path.stem}.jpg"), quality=90)
     predictions = out_dir / "predictions.json"
     write_json(predictions, results)
-    return PredictResult(out_dir=out_dir, predictions_file=predictions, num_images=len(files), num_detections=len(results))
+    return PredictResult(out_dir=out_dir, predictions_file=predictions, num_images=len(files), num_detections=len(results),
+                         task=task.config.task)

@@ -1,6 +1,7 @@
 """Spec loading: defaults, overrides, typo errors with the closest key, safe YAML, the saved round trip."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,12 @@ def test_every_shipped_spec_loads(spec):
     assert isinstance(config, Config)
     raw = yaml.safe_load(spec.read_text())
     assert config.model.name == raw["model"]["name"]
+
+
+def test_a_dict_spec_is_not_changed_by_overrides(tmp_path):
+    spec = yaml.safe_load((REPO / "configs/detection/quickstart.yaml").read_text())
+    spec["data"]["root"] = str(tmp_path)
+    before = copy.deepcopy(spec)
+    config = load_config(spec, ["train.optimizer.lr=0.5", "data.options.num_images=3"])
+    assert config.train.optimizer.lr == 0.5 and config.data.options["num_images"] == 3
+    assert spec == before

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torchvision.io import read_image
 
 import cvtrain
 from cvtrain.config import load_config
@@ -99,6 +100,31 @@ def test_predict_writes_results_and_drawings(fitted):
     assert all(0 <= r["bbox"][0] <= 96 and r["bbox"][2] >= 0 for r in results)
     with pytest.raises(cvtrain.CvtrainError, match="not empty"):
         cvtrain.predict(checkpoint=result.best_checkpoint, source=source, out=out)
+
+
+def test_predict_score_threshold_decides_what_is_drawn(fitted):
+    tmp, result = fitted
+    source = tmp / "shapes" / "images" / sorted(p.name for p in (tmp / "shapes" / "images").iterdir())[0]
+    drawn = {}
+    for threshold in (0.0, 1.0):
+        out = tmp / f"pred-threshold-{threshold}"
+        prediction = cvtrain.predict(checkpoint=result.best_checkpoint, source=source, out=out, accelerator="cpu",
+                                     score_threshold=threshold)
+        assert json.loads(prediction.predictions_file.read_text())  # the JSON keeps every detection either way
+        drawn[threshold] = read_image(str(out / "images" / f"{source.stem}.jpg"))
+    # nothing scores 1.0, so that drawing has no red box outlines; at 0.0 every detection is drawn
+    red = {t: int(((d[0] > 200) & (d[1] < 60) & (d[2] < 60)).sum()) for t, d in drawn.items()}
+    assert red[0.0] > red[1.0] + 100, red
+
+
+def test_evaluate_runs_on_one_device_whatever_the_checkpoint_trained_on(fitted, tmp_path):
+    tmp, result = fitted
+    payload = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
+    payload["hyper_parameters"]["config"]["trainer"].update(gpus=4, num_nodes=2, strategy="ddp", amp="fp16")
+    moved = tmp_path / "from-a-gpu-server.ckpt"
+    torch.save(payload, moved)
+    evaluation = cvtrain.evaluate(checkpoint=moved, out=tmp_path / "eval")
+    assert evaluation.metrics["mAP"] == pytest.approx(result.metrics["mAP"], abs=1e-9)
 
 
 def test_new_run_directory_instead_of_overwriting(fitted, tmp_path, monkeypatch):

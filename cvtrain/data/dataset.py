@@ -27,14 +27,25 @@ def safe_path(root: Path, relative: str) -> Path:
     return path
 
 
+def open_image(path: Path, what: str = "image") -> Image.Image:
+    """``Image.open`` that refuses decompression bombs with a ``DataError`` naming the file.
+
+    Pillow checks the header's size before decoding; above its limit it only warns (up to twice the
+    limit), and that warning would print besides the error, so it is refused like the error.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise DataError(f"{what} is too large to decode safely: {str(error).split(', could be')[0]}", where=str(path),
+                        hint=f"decompression bombs are refused; resize the {what} if it is real") from None
+
+
 def read_image(path: Path) -> np.ndarray:
     """An RGB uint8 array; grey, palette, CMYK and 16-bit images are converted."""
     try:
-        # Pillow checks the header's size before decoding; above the limit it only warns (up to twice the limit),
-        # and that warning would print besides the error, so it is raised like the error.
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+        image = open_image(path)
         with image:
             if image.mode in ("I;16", "I;16B", "I", "F"):
                 array = np.asarray(image, dtype=np.float32)
@@ -46,9 +57,6 @@ def read_image(path: Path) -> np.ndarray:
     except PermissionError:
         raise DataError("image file is not readable (permission denied)", where=str(path),
                         hint="fix the file's permissions for the user running cvtrain") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise DataError(f"image is too large to decode safely: {str(error).split(', could be')[0]}", where=str(path),
-                        hint="decompression bombs are refused; resize the image if it is real") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DataError(f"cannot decode image: {error}", where=str(path), hint="the file is corrupt or truncated; replace it") from None
 

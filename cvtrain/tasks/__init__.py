@@ -28,8 +28,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated files, foreign pickles and non-checkpoints all land here
-        first = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"cannot load checkpoint safely: {first}", where=str(path),
+        from cvtrain.resilience import load_failure
+
+        raise CheckpointError(f"cannot load checkpoint safely: {load_failure(error)}", where=str(path),
                               hint="the file is truncated, not a checkpoint, or holds code; use a .ckpt written by cvtrain") from None
     if not isinstance(payload, dict) or "state_dict" not in payload or "config" not in payload.get("hyper_parameters", {}):
         raise CheckpointError("not a cvtrain checkpoint (no hyper_parameters.config / state_dict)", where=str(path),

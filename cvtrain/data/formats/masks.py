@@ -149,7 +149,9 @@ def read_mask(path: Path, num_classes: int, ignore_index: int | None = None,
             or values that are neither classes nor ``ignore_index``.
     """
     try:
-        with Image.open(path) as image:
+        from cvtrain.data.dataset import open_image  # dataset.py reads formats' indexes: imported late
+
+        with open_image(path, "mask") as image:
             mode = image.mode
             array = np.asarray(image.convert("RGB") if mode in ("RGBA", "CMYK", "YCbCr") else image)
             if mode in ("LA", "PA"):
