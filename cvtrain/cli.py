@@ -15,7 +15,7 @@ from cvtrain.errors import CvtrainError
 
 
 def _common(parser: argparse.ArgumentParser, *, spec_required: bool) -> None:
-    parser.add_argument("-c", "--config", required=spec_required, help="YAML spec (configs/detection/*.yaml)")
+    parser.add_argument("-c", "--config", required=spec_required, help="YAML spec (configs/{detection,instance,segmentation}/*.yaml)")
     parser.add_argument("--data", help="dataset description YAML that replaces the spec's data section")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="spec overrides, e.g. train.max_epochs=3")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--out", help="folder for report.json and report.html (default runs/check-<name>)")
     check.add_argument("--debug", action="store_true", help="show tracebacks")
 
-    evaluate = commands.add_parser("evaluate", help="score a checkpoint with pycocotools")
+    evaluate = commands.add_parser("evaluate", help="score a checkpoint: COCO stats by pycocotools, or mIoU")
     _common(evaluate, spec_required=False)
     _runtime(evaluate)
     evaluate.add_argument("--checkpoint", required=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,20 @@ def _in_notebook() -> bool:
         return False
 
 
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bars, closed when a run stops on an error so that the error prints on a line of its own
+    rather than over a half-drawn validation bar."""
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        stages = ("predict", "test", "val", "train")  # inner bars first: closing one moves the cursor back up
+        bars = [getattr(self, f"_{stage}_progress_bar", None) for stage in stages]
+        open_bars = [bar for bar in bars if bar is not None and not bar.disable]
+        for bar in open_bars:
+            bar.close()
+        if open_bars and not any(bar.leave for bar in open_bars):
+            print(file=sys.stderr, flush=True)
+
+
 def build_trainer(config: Config, run_dir: Path, *, callbacks: list[pl.Callback] | None = None, monitor: str = "val/mAP",
                   logger: bool = True, checkpoints: bool = True, **overrides: Any) -> pl.Trainer:
     """The Lightning ``Trainer`` for ``config``, writing into ``run_dir``."""
@@ -167,7 +182,7 @@ def build_trainer(config: Config, run_dir: Path, *, callbacks: list[pl.Callback]
         check_val_every_n_epoch=train.val_every_n_epochs,
         log_every_n_steps=config.trainer.log_every_n_steps,
         fast_dev_run=config.trainer.fast_dev_run,
-        callbacks=[*saving, *([LearningRateMonitor(logging_interval="step")] if logger else []), TQDMProgressBar(),
+        callbacks=[*saving, *([LearningRateMonitor(logging_interval="step")] if logger else []), ProgressBar(),
                    *(callbacks or [])],
         enable_checkpointing=checkpoints,
         logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False) if logger else False,

@@ -93,9 +93,11 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
 def load_failure(error: Exception) -> str:
     """What ``torch.load(weights_only=True)`` refused, in a few words instead of torch's paragraphs."""
     text = str(error)
-    if "WeightsUnpickler error:" in text:  # a pickle naming a function or class: code would run on load
-        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0]
-        return f"it holds objects that would run code when unpickled ({detail})"
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0].split(". ")[0]
+        if "Unsupported global" in detail:  # a pickle naming a function or class: code would run on load
+            return f"it holds objects that would run code when unpickled ({detail})"
+        return f"not a torch checkpoint (unreadable pickle: {detail})"
     if "failed finding central directory" in text:
         return "the file is truncated or corrupt (its zip directory is missing)"
     if "_use_new_zipfile_serialization" in text or "Invalid magic number" in text:

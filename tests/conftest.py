@@ -27,3 +27,15 @@ def shared_datasets() -> Path:
             pytest.fail(message + " (CVTRAIN_REQUIRE_SHARED=1)")
         pytest.skip(message)
     return root / "datasets"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: on a busy 2-core machine two threads wait on each other
+    (ten times slower for the segmentation models)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

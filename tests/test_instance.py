@@ -27,13 +27,7 @@ SEGM = [0.31955, 0.56229, 0.29893, 0.38737, 0.31018, 0.32693, 0.26823, 0.41545, 
 SIZE = (64, 80)  # height, width of the tiny images
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two threads wait on each other (ten times slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def uncompressed_rle(mask: np.ndarray) -> dict:

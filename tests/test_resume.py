@@ -272,10 +272,14 @@ def break_files_after_first_checkpoint(run: Path, files: list[Path], how: str) -
     return thread
 
 
-def test_images_vanishing_mid_run_stop_it_naming_the_file_with_the_checkpoint_intact(tmp_path, capsys):
+@pytest.mark.parametrize("split", ["all", "val"])  # "val": the error comes while the validation bar is open
+def test_images_vanishing_mid_run_stop_it_naming_the_file_with_the_checkpoint_intact(tmp_path, capsys, split):
     spec = write_spec(tmp_path, num_workers=1)  # the error crosses a DataLoader worker process
     run = tmp_path / "run"
     images = sorted((tmp_path / "shapes" / "images").glob("*.png"))
+    if split == "val":
+        val = build_index(load_config(spec).data).split("val")
+        images = sorted(val.root / image.file_name for image in val.images)
     watcher = break_files_after_first_checkpoint(run, images, "delete")
     code = main(["fit", "-c", str(spec), "--run-dir", str(run)])
     watcher.join(timeout=60)

@@ -32,13 +32,7 @@ SEGNET_WEIGHTS = [0.2595, 0.1826, 4.5640, 0.1417, 0.9051, 0.3826, 9.6446, 1.8418
 COLOURS = {0: [0, 0, 0], 1: [250, 20, 20], 2: [20, 250, 20]}  # background, box, disc
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two threads wait on each other (ten times slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def class_masks(count: int, size=(48, 64), seed: int = 0) -> list[np.ndarray]:
