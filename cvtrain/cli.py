@@ -84,7 +84,8 @@ def _runtime_arguments(args: argparse.Namespace, names: tuple[str, ...]) -> dict
 def _print_metrics(title: str, metrics: dict, per_class: dict) -> None:
     keys = [k for k in ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "segm_AP", "mIoU", "baseline_mIoU",
                         "pixel_accuracy") if k in metrics]
-    print(title + "  " + "  ".join(f"{k} {metrics[k]:.4f}" for k in keys))
+    # pycocotools' -1: no ground truth in that size range (the quick start has no large objects)
+    print(title + "  " + "  ".join(f"{k} {'n/a' if metrics[k] < 0 else f'{metrics[k]:.4f}'}" for k in keys))
     for iou_type, classes in per_class.items():
         if isinstance(classes, dict) and classes:
             # None: a class in neither the ground truth nor the predictions (semantic segmentation)
