@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,6 +28,18 @@ def shared_datasets() -> Path:
             pytest.fail(message + " (CVTRAIN_REQUIRE_SHARED=1)")
         pytest.skip(message)
     return root / "datasets"
+
+
+@pytest.fixture
+def on_shared(shared_datasets):
+    """``on_shared(file)``: the override pointing a ready spec or dataset file of ``configs/`` at the shared datasets
+    found. Those files write their root as ``../shared/datasets/...``, true only beside a checkout with ``../shared``."""
+    def override(path: Path) -> dict[str, str]:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        written = document["data"]["root"] if "data" in document else document["root"]
+        return {"data.root": str(shared_datasets / written.split("shared/datasets/", 1)[1])}
+
+    return override
 
 
 @pytest.fixture(scope="module")

@@ -90,10 +90,9 @@ def test_raccoon_voc_counts(shared_datasets):
     assert box == (80.0, 87.0, 442.0, 321.0)  # xmin 81 .. xmax 522, 1-based inclusive
 
 
-def test_raccoon_dataset_file_splits_by_csv_lists(shared_datasets):
-    # The ready file points at ../shared; the root follows CVTRAIN_SHARED when that is elsewhere.
-    config = load_config(REPO / "configs" / "detection" / "quickstart.yaml", {"data.root": str(shared_datasets / "raccoon")},
-                         data=REPO / "configs" / "datasets" / "raccoon.yaml")
+def test_raccoon_dataset_file_splits_by_csv_lists(on_shared):
+    raccoon = REPO / "configs" / "datasets" / "raccoon.yaml"
+    config = load_config(REPO / "configs" / "detection" / "quickstart.yaml", on_shared(raccoon), data=raccoon)
     index = build_index(config.data)
     assert len(index.split("train").images) == 160
     assert len(index.split("val").images) == 40

@@ -114,9 +114,9 @@ def test_crowd_regions_are_honoured_in_evaluation(tmp_path):
     assert coco_evaluate(no_crowd, perfect + [on_crowd], "segm")["stats"]["AP"] < 0.9  # a false positive otherwise
 
 
-def test_fruits_nuts_loads_as_a_ready_spec(shared_datasets):
-    config = load_config(REPO / "configs" / "instance" / "fruits_nuts_maskrcnn.yaml",
-                         {"data.root": str(shared_datasets / "fruits_nuts" / "data")})  # wherever CVTRAIN_SHARED is
+def test_fruits_nuts_loads_as_a_ready_spec(on_shared):
+    spec = REPO / "configs" / "instance" / "fruits_nuts_maskrcnn.yaml"
+    config = load_config(spec, on_shared(spec))
     index = build_index(config.data)
     assert len(index.images) == 18 and len(index.annotations) == 165
     assert index.class_names == ["date", "fig", "hazelnut"]

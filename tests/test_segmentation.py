@@ -173,26 +173,24 @@ def test_transform_moves_the_mask_with_the_image_and_pads_with_ignore(tmp_path):
 
 
 # ------------------------------------------------------------------------ CamVid
-def camvid_root(shared_datasets: Path) -> dict[str, str]:
-    """The ready specs point at ../shared; this follows CVTRAIN_SHARED when that is elsewhere."""
-    return {"data.root": str(shared_datasets / "camvid" / "CamVid")}
+CAMVID_SPEC = REPO / "configs" / "segmentation" / "camvid_lraspp.yaml"
 
 
-def test_camvid_loads_as_a_ready_spec(shared_datasets):
-    config = load_config(REPO / "configs" / "segmentation" / "camvid_lraspp.yaml", camvid_root(shared_datasets))
+def test_camvid_loads_as_a_ready_spec(on_shared):
+    config = load_config(CAMVID_SPEC, on_shared(CAMVID_SPEC))
     index = build_index(config.data)
     assert len(index.images) == 334 and all(image.mask_file for image in index.images)
     assert index.class_names == CAMVID_CLASSES and index.num_classes == 11 and index.ignore_index == 11
     assert {name: len(index.split(name).images) for name in index.split_names} == {"train": 101, "val": 233}
     assert all((image.width, image.height) == (480, 360) for image in index.images)
-    again = build_index(load_config(REPO / "configs" / "detection" / "quickstart.yaml",
-                                    camvid_root(shared_datasets), data=REPO / "configs" / "datasets" / "camvid.yaml").data)
+    camvid = REPO / "configs" / "datasets" / "camvid.yaml"
+    again = build_index(load_config(REPO / "configs" / "detection" / "quickstart.yaml", on_shared(camvid), data=camvid).data)
     assert [i.file_name for i in again.images] == [i.file_name for i in index.images]
 
 
-def test_median_frequency_weights_match_segnet_loosely(shared_datasets):
+def test_median_frequency_weights_match_segnet_loosely(on_shared):
     """SegNet computed its weights on the 367 train frames, absent here; ours come from the 334 val+test frames."""
-    index = build_index(load_config(REPO / "configs" / "segmentation" / "camvid_lraspp.yaml", camvid_root(shared_datasets)).data)
+    index = build_index(load_config(CAMVID_SPEC, on_shared(CAMVID_SPEC)).data)
     pixels, image_pixels = class_pixel_statistics(index)
     # The pixel shares SOURCE.md gives per split, recomputed over both (val 101, test 233 frames of equal size).
     assert pixels.sum() == pytest.approx(334 * 480 * 360 * (1 - (101 * 0.0170 + 233 * 0.0383) / 334), rel=1e-3)
