@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torchvision.io import read_image
 
 import cvtrain
+from cvtrain.cli import main
 from cvtrain.config import load_config
 from cvtrain.data.formats.shapes import make_shapes
 
@@ -86,6 +87,16 @@ def test_evaluate_reproduces_the_validation_score(fitted):
     assert evaluation.num_images == 4
     written = json.loads((tmp / "eval" / "metrics.json").read_text())
     assert written["scalars"]["AP50"] == evaluation.metrics["AP50"]
+
+
+def test_evaluate_command_prints_scores_and_na_where_pycocotools_has_no_ground_truth(fitted, capsys):
+    tmp, result = fitted
+    assert main(["evaluate", "--checkpoint", str(result.best_checkpoint), "--out", str(tmp / "eval-cli")]) == 0
+    scores = next(line for line in capsys.readouterr().out.splitlines() if " mAP " in line)
+    assert f"mAP {result.metrics['mAP']:.4f}" in scores
+    # 96 px images hold no object over 96 x 96 px: pycocotools scores APl -1, which is no score at all
+    assert json.loads((tmp / "eval-cli" / "metrics.json").read_text())["scalars"]["APl"] == -1
+    assert "APl n/a" in scores and "-1.0000" not in scores
 
 
 def test_predict_writes_results_and_drawings(fitted):
