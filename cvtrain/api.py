@@ -8,71 +8,40 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import pytorch_lightning as pl
+from pydantic import ValidationError
 
-from cvtrain.config import Config, load_config, save_config
+from cvtrain.atomic import write_json
+from cvtrain.config import Config, TrainConfig, load_config, load_data_description, parse_override, save_config
+from cvtrain.config.explain import explain
+from cvtrain.config.schema import ChecksConfig
 from cvtrain.data.loading import build_index
 from cvtrain.data.module import DataModule
-from cvtrain.engine import build_trainer
-from cvtrain.errors import CvtrainError
-from cvtrain.resilience import (SKIPPED_FILE, CheckpointInfo, check_checkpoint_fits, find_resume_checkpoint,
-                                inspect_checkpoint, resilience_callbacks)
-from cvtrain.run import RUN_DIR_ENV, MetricsFile, choose_run_dir, is_rank_zero, write_json, write_run_info
-from cvtrain.tasks import TASKS, load_task, read_checkpoint
+from cvtrain.engine.callbacks import MetricsFile, fit_callbacks
+from cvtrain.engine.checkpoints import (
+    CheckpointInfo,
+    check_checkpoint_fits,
+    find_resume_checkpoint,
+    inspect_checkpoint,
+    load_pretrained,
+    load_task,
+    read_checkpoint,
+)
+from cvtrain.engine.rundir import SKIPPED_FILE, choose_run_dir, is_rank_zero, shared_with_workers, write_run_info
+from cvtrain.engine.trainer import build_trainer
+from cvtrain.errors import ConfigError, CvtrainError
+from cvtrain.results import EvaluateResult, FitResult, PredictResult
+from cvtrain.tasks import TASKS
 
 log = logging.getLogger("cvtrain")
 Spec = str | os.PathLike | Mapping[str, Any] | Config
 Overrides = Iterable[str] | Mapping[str, Any] | None
-
-
-def _table(title: str, rows: Mapping[str, Any]) -> str:
-    body = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{v:.4f}</td></tr>" if isinstance(v, float)
-                   else f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>" for k, v in rows.items())
-    return f"<b>{title}</b><table>{body}</table>"
-
-
-@dataclass
-class FitResult:
-    """What ``fit`` produced: where, which checkpoints, and the validation metrics."""
-
-    run_dir: Path
-    best_checkpoint: Path | None
-    last_checkpoint: Path | None
-    metrics: dict[str, Any] = field(default_factory=dict)  # best epoch's scalars
-    per_class: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def _repr_html_(self) -> str:
-        rows = {"run_dir": self.run_dir, "best_checkpoint": self.best_checkpoint, "seconds": round(self.seconds, 1)}
-        return _table("cvtrain fit", {**rows, **self.metrics})
-
-
-@dataclass
-class EvaluateResult:
-    metrics: dict[str, Any]
-    per_class: dict[str, Any]
-    out_dir: Path | None
-    num_images: int = 0
-
-    def _repr_html_(self) -> str:
-        return _table("cvtrain evaluate", {"images": self.num_images, **self.metrics})
-
-
-@dataclass
-class PredictResult:
-    out_dir: Path
-    predictions_file: Path
-    num_images: int
-    num_detections: int  # detections (records) written; for semantic segmentation, one record per image
-    task: str = "detection"
-
-    def _repr_html_(self) -> str:
-        return _table("cvtrain predict", {"out_dir": self.out_dir, "images": self.num_images, "detections": self.num_detections})
 
 
 # --------------------------------------------------------------------------- fit
@@ -94,6 +63,10 @@ def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | No
 
     Returns:
         ``FitResult`` with the run directory, checkpoints and best validation metrics.
+
+    Raises:
+        CvtrainError: a spec, dataset, checkpoint or flag the user must fix (one line; ``DatasetCheckError`` when
+            the checks found errors, ``DivergenceError`` when training diverged).
     """
     started = time.time()
     config = load_config(spec, overrides, data=data, **arguments)
@@ -117,14 +90,14 @@ def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | No
     datamodule = DataModule(config, index)
     datamodule.unreadable_log = run_dir / SKIPPED_FILE
     task = TASKS[config.task](config.model_dump(mode="json"), index.class_names, [c.id for c in index.categories])
+    if resume_from is None:
+        load_pretrained(task.model, config.model)  # a resumed run's weights come from its checkpoint
+    task.prepare(train_index=datamodule.train_index, val_index=datamodule.val_index)
     metrics_file = MetricsFile(run_dir / "metrics.json")
-    trainer = build_trainer(config, run_dir, callbacks=[metrics_file, *resilience_callbacks(config, run_dir)],
+    trainer = build_trainer(config, run_dir, callbacks=[metrics_file, *fit_callbacks(config, run_dir)],
                             monitor=task.monitor)
-    os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP workers started by Lightning inherit it
-    try:
+    with shared_with_workers(run_dir):  # DDP processes started by Lightning inherit it
         trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume_from.path) if resume_from else None)
-    finally:
-        os.environ.pop(RUN_DIR_ENV, None)
     run_dir = metrics_file.run_dir  # rank 0's choice, on every rank (under torchrun each rank chose its own)
     best = metrics_file.best or {}
     checkpoints = run_dir / "checkpoints"
@@ -145,7 +118,6 @@ def _check_before_fit(index, config: Config, run_dir: Path):
     Every rank checks (under ``on_error: drop`` all must drop the same things); rank 0 writes and prints.
     """
     from cvtrain.curation import DatasetCheckError, preflight
-    from cvtrain.curation.command import print_errors
 
     rank_zero = is_rank_zero()
     try:
@@ -154,7 +126,8 @@ def _check_before_fit(index, config: Config, run_dir: Path):
     except DatasetCheckError as error:
         if rank_zero:
             print(error.report.summary_table())
-            print_errors(error.report, limit=5)
+            for line in error.report.error_lines(limit=5):
+                print(line, file=sys.stderr)
         raise
     if rank_zero:
         dropped = f"; trained without them (listed in {run_dir / 'dropped.json'})" if report.count("error") else ""
@@ -170,17 +143,50 @@ def check(spec: Spec | None = None, overrides: Overrides = None, *, data: str | 
     Args:
         spec: a spec (path, dict or ``Config``) whose dataset and ``checks`` section to use; or None with ``data``.
         overrides: ``checks.*`` keys tune the checks; other keys change the spec (or, with only
-            ``data``, the dataset description).
-        data: a dataset description YAML (with or without a spec).
+            ``data``, the dataset description: ``data.*`` keys).
+        data: a dataset description YAML (with or without a spec), or a whole spec's YAML.
         out: a folder for ``report.json`` and ``report.html`` (none written without it).
 
     Returns:
-        The ``Report``: ``.findings``, ``.summary_table()``, ``.to_json()``, ``.write(folder)``,
-        and a table in a notebook. ``.exit_code`` is 0 clean, 1 with errors, 2 unreadable.
-    """
-    from cvtrain.curation.command import check_spec
+        The ``Report``: ``.findings``, ``.summary_table()``, ``.error_lines()``, ``.to_json()``, ``.write(folder)``,
+        and a table in a notebook. ``.exit_code`` is 0 clean, 1 with errors, 2 unreadable (a dataset that cannot
+        be read gives a report whose one finding says where). ``.name`` names the dataset (the default folder of
+        ``cvtrain check`` is ``runs/check-<name>``).
 
-    report, _ = check_spec(spec, overrides, data)
+    Raises:
+        ConfigError: the spec, the dataset description or a ``checks.*`` override is invalid, or neither a spec
+            nor a dataset was given.
+
+    >>> import cvtrain
+    >>> cvtrain.check()
+    Traceback (most recent call last):
+    cvtrain.errors.ConfigError: nothing to check (give a spec with -c/--config or a dataset file with --data)
+    """
+    from cvtrain.curation import check_dataset
+
+    pairs = list(overrides.items()) if isinstance(overrides, Mapping) else [parse_override(o) for o in overrides or []]
+    checks = {key.removeprefix("checks."): value for key, value in pairs if key.startswith("checks.")}
+    others = [(key, value) for key, value in pairs if not key.startswith("checks.")]
+    base: ChecksConfig | None = None
+    image_size = TrainConfig.model_fields["image_size"].default
+    if spec is not None:
+        config = load_config(spec, dict(others), data=data)
+        stem = Path(spec).stem if isinstance(spec, (str, os.PathLike)) else "spec"
+        base, name, image_size, dataset = config.checks, config.name or stem, config.train.image_size, config.data
+    elif data is not None:
+        name = Path(data).stem
+        dataset = load_data_description(Path(data), others)
+        if isinstance(dataset, Config):  # --data named a whole spec
+            base, image_size, dataset = dataset.checks, dataset.train.image_size, dataset.data
+    else:
+        raise ConfigError("nothing to check", hint="give a spec with -c/--config or a dataset file with --data")
+    tree = {**(base or ChecksConfig()).model_dump(), **checks}
+    try:
+        checks_config = ChecksConfig.model_validate(tree)
+    except ValidationError as error:
+        raise explain(error, source="override", section="checks") from None
+    report = check_dataset(dataset, checks_config, image_size)
+    report.name = name
     if out is not None:
         report.write(out)
     return report
@@ -215,13 +221,24 @@ def _config_for_checkpoint(payload: dict[str, Any], spec: Spec | None, overrides
 def evaluate(spec: Spec | None = None, checkpoint: str | os.PathLike = "", overrides: Overrides = None, *,
              data: str | os.PathLike | None = None, split: str | None = None, out: str | os.PathLike | None = None,
              **arguments: Any) -> EvaluateResult:
-    """Score a checkpoint on a split with pycocotools and write ``metrics.json``.
+    """Score a checkpoint on a split (COCO stats by pycocotools, or mIoU) and write ``metrics.json``.
 
     Args:
-        spec: spec whose dataset to use; default: the one the checkpoint was trained on.
+        spec: spec whose dataset (and ``eval`` section) to use; default: the one the checkpoint was trained on.
         checkpoint: a ``.ckpt`` written by ``fit``.
+        overrides: ``key=value`` strings or a dict of dotted keys applied to the checkpoint's config.
+        data: a dataset description YAML replacing the dataset.
         split: split to score; default ``data.val_split``.
         out: folder for ``metrics.json``; default ``<run>/evaluate-<split>``.
+        **arguments: ``accelerator``, ``devices``, ``gpus``, ``amp``, ``num_nodes``, as for ``fit``
+            (default: one device of this machine, FP32).
+
+    Returns:
+        ``EvaluateResult`` with the summary metrics, per-class scores, the output folder and the image count.
+
+    Raises:
+        CheckpointError: the checkpoint is unreadable, or was trained for another task or other classes.
+        CvtrainError: the spec, dataset or flags are invalid.
     """
     checkpoint = Path(checkpoint)
     payload = read_checkpoint(checkpoint)
@@ -233,6 +250,7 @@ def evaluate(spec: Spec | None = None, checkpoint: str | os.PathLike = "", overr
     task = load_task(checkpoint, payload)
     out_dir = Path(out) if out else checkpoint.resolve().parent.parent / f"evaluate-{config.data.val_split}"
     datamodule = DataModule.for_evaluation(config, index)
+    task.prepare(val_index=datamodule.val_index)
     trainer = build_trainer(config, out_dir, monitor=task.monitor, logger=False, checkpoints=False)
     trainer.validate(task, datamodule=datamodule, verbose=False)
     metrics = task.last_metrics
@@ -251,10 +269,22 @@ def predict(spec: Spec | None = None, checkpoint: str | os.PathLike = "", source
     """Run a checkpoint on an image or a folder; write predictions JSON and drawn images.
 
     Args:
+        spec: a spec whose ``eval`` section to use; default: the checkpoint's.
         checkpoint: a ``.ckpt`` written by ``fit``.
         source: an image file or a folder of images.
         out: output folder (must be new or empty unless ``overwrite``); default ``runs/predict[-N]``.
+        overrides: ``key=value`` strings or a dict of dotted keys applied to the checkpoint's config.
+        overwrite: write into a non-empty ``out``.
         score_threshold: lowest score drawn on the images (all detections go to the JSON).
+        **arguments: ``accelerator`` (``cpu`` or ``gpu``; default: a GPU when there is one).
+
+    Returns:
+        ``PredictResult`` naming the output folder, the predictions file and the counts.
+
+    Raises:
+        CheckpointError: the checkpoint is unreadable.
+        DataError: the source is missing or holds no images.
+        CvtrainError: ``out`` is not empty and ``overwrite`` is not set.
     """
     from cvtrain.prediction import run_prediction
 

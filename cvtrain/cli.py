@@ -82,20 +82,32 @@ def _runtime_arguments(args: argparse.Namespace, names: tuple[str, ...]) -> dict
 
 
 def _print_metrics(title: str, metrics: dict, per_class: dict) -> None:
-    keys = [k for k in ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "segm_AP", "mIoU", "baseline_mIoU",
-                        "pixel_accuracy") if k in metrics]
-    # pycocotools' -1: no ground truth in that size range (the quick start has no large objects)
-    print(title + "  " + "  ".join(f"{k} {'n/a' if metrics[k] < 0 else f'{metrics[k]:.4f}'}" for k in keys))
-    for iou_type, classes in per_class.items():
-        if isinstance(classes, dict) and classes:
-            # None: a class in neither the ground truth nor the predictions (semantic segmentation)
-            print(f"  per-class {iou_type}: " + ", ".join(f"{name} {'absent' if value is None else f'{value:.3f}'}"
-                                                           for name, value in classes.items()))
+    from cvtrain.results import metric_text, per_class_lines, summary_metrics
+
+    # pycocotools' -1: no ground truth in that size range (the quick start has no large objects): n/a
+    print(title + "  " + "  ".join(f"{k} {metric_text(v)}" for k, v in summary_metrics(metrics).items()))
+    for line in per_class_lines(per_class):
+        print("  " + line)
+
+
+def _check(args: argparse.Namespace) -> int:
+    """``cvtrain check``: the API's check, its summary on stdout, the first errors on stderr, the report written."""
+    import cvtrain.api as api
+
+    report = api.check(args.config, args.overrides, data=args.data)
+    report.write(args.out or f"runs/check-{report.name}")
+    print(report.summary_table())
+    for line in report.error_lines():
+        print(line, file=sys.stderr)
+    return report.exit_code
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the parsed command through ``cvtrain.api`` and print its result; returns the exit code."""
+    if args.command == "check":
+        return _check(args)
     import cvtrain.api as api
-    from cvtrain.run import is_rank_zero
+    from cvtrain.engine.rundir import is_rank_zero
 
     runtime = ("amp", "gpus", "accelerator", "devices", "num_nodes")
     if args.command == "fit":
@@ -106,10 +118,6 @@ def run(args: argparse.Namespace) -> int:
             _print_metrics(f"done in {result.seconds:.0f} s; best validation:", result.metrics, result.per_class)
             print(f"best checkpoint: {result.best_checkpoint}\nrun directory:   {result.run_dir}")
         return 0
-    if args.command == "check":
-        from cvtrain.curation.command import run_check_command
-
-        return run_check_command(args)
     if args.command == "evaluate":
         result = api.evaluate(args.config, args.checkpoint, args.overrides, data=args.data, split=args.split, out=args.out,
                               **_runtime_arguments(args, runtime))
@@ -152,6 +160,7 @@ def _user_line(error: CvtrainError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``cvtrain`` command: parse ``argv``, run, print one line on a user error; returns the exit code."""
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     try:

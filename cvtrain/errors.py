@@ -34,3 +34,9 @@ class DataError(CvtrainError):
 
 class CheckpointError(CvtrainError):
     """A checkpoint that cannot be loaded for this spec."""
+
+
+class DivergenceError(CvtrainError):
+    """Training produced a non-finite loss, gradient or weight."""
+
+    exit_code = 3

@@ -7,15 +7,21 @@ import torch
 from torchvision.io import write_jpeg
 from tqdm import tqdm
 
+from cvtrain.atomic import write_json
 from cvtrain.config import Config
-from cvtrain.data.dataset import read_image, to_tensor
-from cvtrain.data.formats.voc import IMAGE_SUFFIXES
+from cvtrain.data.dataset import to_tensor
+from cvtrain.data.files import IMAGE_SUFFIXES, read_image
 from cvtrain.data.transforms import build_eval_transform
 from cvtrain.errors import DataError
-from cvtrain.run import write_json
+from cvtrain.results import PredictResult
 
 
 def list_images(source: Path) -> list[Path]:
+    """The image itself, or the images directly in a folder (by suffix), sorted.
+
+    Raises:
+        DataError: the source does not exist, or the folder holds no images.
+    """
     if source.is_file():
         return [source]
     if source.is_dir():
@@ -27,6 +33,7 @@ def list_images(source: Path) -> list[Path]:
 
 
 def pick_device(accelerator: str | None) -> torch.device:
+    """CUDA when asked for (``gpu``/``cuda``) or, with ``auto``/None, when there is one; else the CPU."""
     if accelerator in ("gpu", "cuda") or (accelerator in (None, "auto") and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
@@ -38,8 +45,6 @@ def run_prediction(task, config: Config, source: Path, out_dir: Path, *, device:
 
     A task with ``write_prediction`` (semantic segmentation) writes its own files and records instead.
     """
-    from cvtrain.api import PredictResult
-
     files = list_images(source)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "images").mkdir(exist_ok=True)

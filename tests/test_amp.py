@@ -22,11 +22,11 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from torchvision.ops import batched_nms, nms, roi_align, sigmoid_focal_loss
 
 import cvtrain
-from cvtrain.amp import LossScaleMonitor
 from cvtrain.config import Config, load_config
 from cvtrain.data.loading import build_index
 from cvtrain.data.module import DataModule
-from cvtrain.engine import build_trainer, precision_arguments
+from cvtrain.engine.callbacks import LossScaleMonitor
+from cvtrain.engine.trainer import build_trainer, precision_arguments
 from cvtrain.tasks import TASKS
 from cvtrain.tasks.common import configure_optimization
 

@@ -11,6 +11,7 @@ from PIL import Image
 from cvtrain.config import DataConfig
 from cvtrain.curation import ChecksConfig, check_dataset, run_checks
 
+
 @pytest.fixture
 def checks(tmp_path) -> ChecksConfig:
     return ChecksConfig(cache_file=tmp_path / "cache.json", workers=1)

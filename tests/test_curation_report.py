@@ -1,7 +1,6 @@
 """Report files, pre-flight (stop and drop), the decode cache and the `check` command's exit codes."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -11,7 +10,6 @@ import pytest
 from curation_builders import HEIGHT, WIDTH, add_box, clean_coco, write
 
 from cvtrain.curation import ChecksConfig, DatasetCheckError, check_dataset, preflight, run_checks
-from cvtrain.curation.command import run_check_command
 from cvtrain.data.loading import build_index
 
 
@@ -106,9 +104,13 @@ def test_without_decoding_only_headers_are_read(tmp_path, checks):
     assert quick.count("error") == 0
 
 
-def command(**fields) -> int:
-    defaults = {"config": None, "data": None, "overrides": [], "out": None}
-    return run_check_command(argparse.Namespace(**{**defaults, **fields}))
+def command(*, config=None, data=None, overrides=(), out=None) -> int:
+    """``cvtrain check`` through the CLI's main, as a user runs it."""
+    from cvtrain.cli import main
+
+    argv = ["check", *(["-c", config] if config else []), *(["--data", data] if data else []), *overrides,
+            *(["--out", out] if out else [])]
+    return main(argv)
 
 
 def test_command_exit_codes(tmp_path, flawed, capsys):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cvtrain.config import DataConfig, AugmentConfig, load_config
+from cvtrain.config import AugmentConfig, DataConfig, load_config
 from cvtrain.data.dataset import DetectionDataset
 from cvtrain.data.formats.coco import read_coco
 from cvtrain.data.formats.voc import read_voc

@@ -20,15 +20,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 from pytorch_lightning.utilities import rank_zero_only
+from test_amp import TinyTask, detection_spec, tiny_config, tiny_data, tiny_net
 from torch.utils.data import DistributedSampler
 
 import cvtrain
 from cvtrain.data.formats.shapes import make_shapes
-from cvtrain.engine import build_trainer, device_arguments
+from cvtrain.engine.rundir import choose_run_dir
+from cvtrain.engine.trainer import build_trainer, device_arguments
 from cvtrain.errors import ConfigError
-from cvtrain.run import choose_run_dir
 from cvtrain.tasks.common import gather_by_image
-from test_amp import TinyTask, detection_spec, tiny_config, tiny_data, tiny_net
 
 HERE = Path(__file__).resolve()
 GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -8,6 +8,7 @@ import torch
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from cvtrain.config import ModelConfig, load_config
+from cvtrain.engine.checkpoints import load_pretrained
 from cvtrain.errors import ConfigError
 from cvtrain.models import MODELS, build_model, register_model
 
@@ -37,13 +38,20 @@ def test_shipped_detector_builds_for_the_dataset_classes_and_trains(name):
     assert output["labels"].numel() == 0 or int(output["labels"].max()) <= 2
 
 
+def pretrained(model_config: ModelConfig, num_classes: int, image_size: int):
+    """What fit does: the model built (and frozen for fine-tuning), then filled with ``model.weights``."""
+    model = build_model(model_config, num_classes=num_classes, image_size=image_size)
+    load_pretrained(model, model_config)
+    return model
+
+
 def test_local_weights_load_skip_the_class_head_and_freeze_the_backbone(tmp_path):
     torch.manual_seed(0)
     source = build_model(ModelConfig(name="fasterrcnn_mobilenet_v3_large_fpn"), num_classes=5, image_size=96)
     path = tmp_path / "pretrained.pth"
     torch.save(source.state_dict(), path)
-    model = build_model(ModelConfig(name="fasterrcnn_mobilenet_v3_large_fpn", weights=str(path), trainable_backbone_layers=0),
-                        num_classes=2, image_size=96)
+    model = pretrained(ModelConfig(name="fasterrcnn_mobilenet_v3_large_fpn", weights=str(path),
+                                   trainable_backbone_layers=0), num_classes=2, image_size=96)
     own = model.state_dict()
     assert torch.equal(own["backbone.body.0.0.weight"], source.state_dict()["backbone.body.0.0.weight"])
     assert own["roi_heads.box_predictor.cls_score.weight"].shape[0] == 3  # re-initialised for 2 classes + background
@@ -57,7 +65,7 @@ def test_lightning_checkpoint_as_weights(tmp_path):
     source = build_model(ModelConfig(name="ssdlite320_mobilenet_v3_large"), num_classes=2, image_size=96)
     path = tmp_path / "run.ckpt"
     torch.save({"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()}}, path)
-    model = build_model(ModelConfig(name="ssdlite320_mobilenet_v3_large", weights=str(path)), num_classes=2, image_size=96)
+    model = pretrained(ModelConfig(name="ssdlite320_mobilenet_v3_large", weights=str(path)), num_classes=2, image_size=96)
     for key, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
 
@@ -66,7 +74,7 @@ def test_torchvision_weights_offline_say_where_to_put_the_file(tmp_path, monkeyp
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")  # a closed port: no download, even with internet
     with pytest.raises(ConfigError) as error:
-        build_model(ModelConfig(name="ssdlite320_mobilenet_v3_large", weights="COCO_V1"), num_classes=2, image_size=96)
+        pretrained(ModelConfig(name="ssdlite320_mobilenet_v3_large", weights="COCO_V1"), num_classes=2, image_size=96)
     text = str(error.value)
     assert "cannot download" in text
     assert str(tmp_path / "torch" / "hub" / "checkpoints" / "ssdlite320_mobilenet_v3_large_coco-a79551df.pth") in text
@@ -74,4 +82,4 @@ def test_torchvision_weights_offline_say_where_to_put_the_file(tmp_path, monkeyp
 
 def test_unknown_weights_name_lists_the_known_ones():
     with pytest.raises(ConfigError, match="COCO_V1"):
-        build_model(ModelConfig(name="ssdlite320_mobilenet_v3_large", weights="IMAGENET_V9"), num_classes=2, image_size=96)
+        pretrained(ModelConfig(name="ssdlite320_mobilenet_v3_large", weights="IMAGENET_V9"), num_classes=2, image_size=96)

@@ -28,8 +28,9 @@ from cvtrain.cli import main
 from cvtrain.config import load_config
 from cvtrain.data.formats.shapes import make_shapes
 from cvtrain.data.loading import build_index
-from cvtrain.engine import AtomicCheckpointIO
-from cvtrain.resilience import EpochSampler, RandomState, find_resume_checkpoint
+from cvtrain.data.sampling import EpochSampler
+from cvtrain.engine.callbacks import RandomState
+from cvtrain.engine.checkpoints import AtomicCheckpointIO, find_resume_checkpoint
 
 STEPS_PER_EPOCH = 4  # 12 training images (16, a quarter for validation) in batches of 3
 

@@ -1,7 +1,7 @@
 """Dataset curation: read-only checks over a ``DatasetIndex`` that return a ``Report``.
 
     from cvtrain.curation import check_dataset
-    report = check_dataset("configs/data/raccoon.yaml")
+    report = check_dataset("configs/datasets/raccoon.yaml")
     print(report.summary_table()); report.write("runs/check-raccoon")
 
 Each check code, its severity and the threshold that tunes it are listed in
@@ -9,8 +9,8 @@ Each check code, its severity and the threshold that tunes it are listed in
 """
 from __future__ import annotations
 
+from cvtrain.config.schema import ChecksConfig
 from cvtrain.curation.codes import CODES
-from cvtrain.curation.config import ChecksConfig
 from cvtrain.curation.findings import Finding
 from cvtrain.curation.preflight import DatasetCheckError, preflight
 from cvtrain.curation.report import Report

@@ -1,7 +1,7 @@
 """Box-level warnings: duplicates, class conflicts, robust outliers, tiny boxes, area and mask disagreements."""
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

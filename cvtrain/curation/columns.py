@@ -28,7 +28,7 @@ class ImageColumns:
     split_names: list[str]
 
     @classmethod
-    def of(cls, index: DatasetIndex) -> "ImageColumns":
+    def of(cls, index: DatasetIndex) -> ImageColumns:
         images = index.images
         n = len(images)
         names = sorted({image.split for image in images if image.split is not None})
@@ -71,7 +71,7 @@ class AnnotationColumns:
     segmentations: list[Any]  # per annotation, as in the index (None when absent)
 
     @classmethod
-    def of(cls, index: DatasetIndex, images: ImageColumns) -> "AnnotationColumns":
+    def of(cls, index: DatasetIndex, images: ImageColumns) -> AnnotationColumns:
         annotations = index.annotations
         n = len(annotations)
         image_id = np.fromiter(map(attrgetter("image_id"), annotations), np.int64, n)

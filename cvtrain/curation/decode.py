@@ -21,10 +21,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cvtrain.data.files import HIGH_BIT_MODES, open_image
+from cvtrain.errors import DataError
+
 CACHE_VERSION = 1
 HEADER_BYTES = 64 * 1024
 DEFAULT_CACHE = Path("~/.cache/cvtrain/decode-cache.json")
-HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 
 
 def file_key(path: str) -> str:
@@ -63,11 +65,12 @@ def inspect_file(task: tuple[str, str, bool, dict | None]) -> dict[str, Any]:
     if cached is not None and key is not None and cached.get("key") == key:
         return dict(cached["result"], cached=True)
     try:
+        # The same opener as training (data.files), so what is refused here is what training cannot read.
         if not decode:
-            with Image.open(path) as image:
+            with open_image(path, kind) as image:
                 return {"width": image.width, "height": image.height, "mode": image.mode}
         data = Path(path).read_bytes()
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image(io.BytesIO(data), kind, name=path) as image:
             image.load()
             result: dict[str, Any] = {"width": image.width, "height": image.height, "mode": image.mode}
             if kind == "image":
@@ -77,8 +80,8 @@ def inspect_file(task: tuple[str, str, bool, dict | None]) -> dict[str, Any]:
                 result.update(_mask_values(image))
     except FileNotFoundError:
         return {"missing": True}
-    except Image.DecompressionBombError as error:
-        result = {"error": str(error).split(" could be")[0]}
+    except DataError as error:  # a decompression bomb
+        result = {"error": error.message}
     except Exception as error:  # noqa: BLE001 - PIL raises many types for a bad file; all mean "cannot decode"
         result = {"error": f"{type(error).__name__}: {error}"}
     result["key"] = key

@@ -1,15 +1,15 @@
 """Checks that read the image and mask files: existence, decoding, sizes, modes, duplicates, leakage."""
 from __future__ import annotations
 
-import os
-import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from cvtrain.curation.decode import HIGH_BIT_MODES, DecodeCache, inspect_files
+from cvtrain.curation.decode import DecodeCache, inspect_files
 from cvtrain.curation.findings import Collector
+from cvtrain.data.files import HIGH_BIT_MODES, inside_root
+from cvtrain.errors import DataError
 
 GREY_MODES = ("1", "L", "LA")  # 16-bit and float greys are reported as image.high_bit_depth
 MIN_HASH_BITS = 4  # near-flat images (almost all dHash bits equal) match each other by chance
@@ -25,11 +25,11 @@ class FileFacts:
 
 
 def resolve_inside(root: Path, name: str) -> Path | None:
-    """``root / name`` if it stays inside ``root`` (as the training loader requires), else None."""
-    if os.path.isabs(name) or posixpath.normpath(name).startswith("../") or posixpath.normpath(name) == "..":
+    """``root / name`` if it stays inside ``root`` (``data.files.inside_root``, as training requires), else None."""
+    try:
+        return inside_root(root, name)
+    except DataError:
         return None
-    path = (root / name).resolve()
-    return path if path.is_relative_to(root) else None
 
 
 def check_files(out: Collector, *, progress: bool) -> FileFacts:

@@ -8,14 +8,15 @@ of a code, so a dataset with 100,000 tiny boxes still gives a readable report.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
+from cvtrain.config.schema import ChecksConfig
 from cvtrain.curation.codes import CODES
 from cvtrain.curation.columns import NO_IMAGE, AnnotationColumns, ImageColumns
-from cvtrain.curation.config import ChecksConfig
 from cvtrain.data.index import DatasetIndex
 
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}

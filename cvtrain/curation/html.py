@@ -25,7 +25,7 @@ code{font-size:12px}
 """
 
 
-def render_html(report: "Report", *, max_rows: int = 200, crops: bool = True) -> str:
+def render_html(report: Report, *, max_rows: int = 200, crops: bool = True) -> str:
     """The whole page; ``max_rows`` findings are listed per code (the JSON has all that were kept)."""
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>cvtrain check report</title>"
              f"<style>{STYLE}</style></head><body>", _header(report), _summary(report), _statistics(report)]
@@ -37,7 +37,7 @@ def render_html(report: "Report", *, max_rows: int = 200, crops: bool = True) ->
     return "\n".join(parts)
 
 
-def _header(report: "Report") -> str:
+def _header(report: Report) -> str:
     dataset = report.dataset
     errors, warnings, infos = report.count("error"), report.count("warning"), report.count("info")
     verdict = ("<span class='badge b-ok'>no errors</span>" if not errors
@@ -50,7 +50,7 @@ def _header(report: "Report") -> str:
             f"<span class='badge b-info'>{infos} infos</span> exit code {report.exit_code}</p>")
 
 
-def _summary(report: "Report") -> str:
+def _summary(report: Report) -> str:
     rows = []
     for code in report.codes():
         severity = report.severities[code]
@@ -62,7 +62,7 @@ def _summary(report: "Report") -> str:
             f"<th>what to do</th></tr>{body}</table>")
 
 
-def _statistics(report: "Report") -> str:
+def _statistics(report: Report) -> str:
     statistics = report.statistics
     splits = statistics.get("splits") or {}
     if not splits:
@@ -84,7 +84,7 @@ def _statistics(report: "Report") -> str:
             f"{class_rows}</table></details>")
 
 
-def _plots(report: "Report") -> str:
+def _plots(report: Report) -> str:
     out = ["<h2 id='plots'>Plots</h2>"]
     for title, picture in (("Class histogram per split", class_histogram(report.statistics)),
                            ("Box size and aspect ratio distributions", box_distributions(report.plots))):
@@ -95,7 +95,7 @@ def _plots(report: "Report") -> str:
     return "".join(out)
 
 
-def _crops(report: "Report", count: int) -> str:
+def _crops(report: Report, count: int) -> str:
     root = Path(report.dataset.get("root", "."))
     cells = []
     for finding in pick_for_crops(report.findings, count * 2):
@@ -118,7 +118,7 @@ def _short_location(finding) -> str:
     return text + (f", annotation {finding.annotation_id}" if finding.annotation_id is not None else "")
 
 
-def _findings(report: "Report", max_rows: int) -> str:
+def _findings(report: Report, max_rows: int) -> str:
     out = ["<h2 id='findings'>Findings</h2>"]
     for code in report.codes():
         listed = report.by_code(code)

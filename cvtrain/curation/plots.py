@@ -95,7 +95,7 @@ def _log_bins(values: np.ndarray, count: int = 40) -> np.ndarray:
     return np.geomspace(low, high, count)
 
 
-def pick_for_crops(findings: list["Finding"], count: int) -> list["Finding"]:
+def pick_for_crops(findings: list[Finding], count: int) -> list[Finding]:
     """Up to ``count`` errors and warnings about an image, errors first, codes in turn so every kind is seen."""
     by_code: dict[str, list] = {}
     for finding in findings:
@@ -114,7 +114,7 @@ def pick_for_crops(findings: list["Finding"], count: int) -> list["Finding"]:
     return picked
 
 
-def crop(root: Path, finding: "Finding") -> str | None:
+def crop(root: Path, finding: Finding) -> str | None:
     """The flagged box drawn on its image and cropped around it, or the whole flagged image, as PNG.
 
     A truncated image is shown as far as it decodes (the missing part is grey).

@@ -5,7 +5,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from cvtrain.curation.config import ChecksConfig
+from cvtrain.config.schema import ChecksConfig
 from cvtrain.curation.report import Report
 from cvtrain.curation.runner import run_checks
 from cvtrain.data.index import DatasetIndex

@@ -38,6 +38,7 @@ class Report:
     usable: bool = True
     plots: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)  # samples for report.html
     path: Path | None = None  # folder of the last ``write``
+    name: str | None = None  # the dataset's or spec's name (``cvtrain check`` writes to runs/check-<name>)
 
     # ------------------------------------------------------------ summaries
     def count(self, severity: str) -> int:
@@ -110,14 +111,25 @@ class Report:
     # ---------------------------------------------------------------- files
     def write(self, directory: str | Path) -> Path:
         """Write ``report.json`` and a self-contained ``report.html`` into ``directory``; returns it."""
+        from cvtrain.atomic import write_text
         from cvtrain.curation.html import render_html
 
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         self.path = directory
-        (directory / "report.json").write_text(self.to_json(), encoding="utf-8")
-        (directory / "report.html").write_text(render_html(self), encoding="utf-8")
+        write_text(directory / "report.json", self.to_json())
+        write_text(directory / "report.html", render_html(self))
         return directory
+
+    def error_lines(self, limit: int = 10) -> list[str]:
+        """The first ``limit`` errors as one line each (where, what, how to fix), then a line for the rest."""
+        lines = []
+        for finding in self.errors[:limit]:
+            where = finding.location()
+            lines.append(f"error: {where + ': ' if where else ''}{finding.message} ({finding.hint})")
+        if len(self.errors) > limit:
+            where = self.path / "report.json" if self.path is not None else "the report"
+            lines.append(f"... and {len(self.errors) - limit} more errors in {where}")
+        return lines
 
     def to_html(self, *, max_rows: int = 200, crops: bool = True) -> str:
         from cvtrain.curation.html import render_html

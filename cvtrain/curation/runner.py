@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from cvtrain.config.schema import ChecksConfig
 from cvtrain.curation.boxes import check_box_warnings
 from cvtrain.curation.classes import category_labels, class_statistics, split_labels
 from cvtrain.curation.columns import AnnotationColumns, ImageColumns
-from cvtrain.curation.config import ChecksConfig, explain_validation
 from cvtrain.curation.files import check_files, check_image_shapes
 from cvtrain.curation.findings import Collector
 from cvtrain.curation.report import Report
@@ -137,7 +137,7 @@ def check_dataset(data: Any, checks_config: ChecksConfig | None = None, image_si
     Raises:
         ConfigError: the dataset description itself is invalid.
     """
-    from cvtrain.config import Config, DataConfig
+    from cvtrain.config import Config, DataConfig, load_data_description
     from cvtrain.data.loading import build_index
 
     if isinstance(data, (str, os.PathLike)):
@@ -157,31 +157,3 @@ def check_dataset(data: Any, checks_config: ChecksConfig | None = None, image_si
     if data.ignore_index is not None and index.ignore_index is None:
         index.ignore_index = data.ignore_index
     return run_checks(index, checks_config, image_size=image_size, progress=progress)
-
-
-def load_data_description(path: Path, overrides: list[tuple[str, Any]] | None = None):
-    """A ``Config`` from a spec file, or a ``DataConfig`` from a dataset file (a bare ``data`` section).
-
-    ``overrides`` are ``(dotted key, value)`` pairs; for a dataset file only ``data.*`` keys apply.
-    """
-    from pydantic import ValidationError
-
-    from cvtrain.config import DataConfig, load_config, read_yaml, set_path
-
-    tree = read_yaml(path)
-    if isinstance(tree, dict) and "data" in tree and "format" not in tree:
-        return load_config(path, dict(overrides or []))
-    if not isinstance(tree, dict):
-        raise ConfigError("dataset file must be a mapping (format, root, splits, classes)", where=str(path))
-    if isinstance(tree.get("root"), str):
-        root = Path(os.path.expandvars(os.path.expanduser(tree["root"])))
-        tree["root"] = str(root if root.is_absolute() else (path.parent.resolve() / root).resolve())
-    for key, value in overrides or []:
-        if not key.startswith("data."):
-            raise ConfigError(f"override '{key}' does not apply to a dataset file", where=str(path),
-                              hint="with --data alone, override data.* and checks.* keys")
-        set_path(tree, key.removeprefix("data."), value)
-    try:
-        return DataConfig.model_validate(tree)
-    except ValidationError as error:
-        raise explain_validation(error, "data", where=str(path), hint="see configs/datasets/ for the keys") from None

@@ -1,67 +1,19 @@
 """torch Datasets over a ``DatasetIndex``."""
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from cvtrain.data.files import inside_root, read_image
 from cvtrain.data.index import DatasetIndex, ImageRecord
 from cvtrain.errors import DataError
 
-# Refuse decompression bombs: 16k x 16k is larger than any real training photo.
-MAX_IMAGE_PIXELS = 16384 * 16384
-Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-
-
-def safe_path(root: Path, relative: str) -> Path:
-    """``root / relative``, refusing paths that escape the dataset root."""
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise DataError(f"image path {relative!r} escapes the dataset root", where=str(root),
-                        hint="annotation file names must stay inside data.root")
-    return path
-
-
-def open_image(path: Path, what: str = "image") -> Image.Image:
-    """``Image.open`` that refuses decompression bombs with a ``DataError`` naming the file.
-
-    Pillow checks the header's size before decoding; above its limit it only warns (up to twice the
-    limit), and that warning would print besides the error, so it is refused like the error.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise DataError(f"{what} is too large to decode safely: {str(error).split(', could be')[0]}", where=str(path),
-                        hint=f"decompression bombs are refused; resize the {what} if it is real") from None
-
-
-def read_image(path: Path) -> np.ndarray:
-    """An RGB uint8 array; grey, palette, CMYK and 16-bit images are converted."""
-    try:
-        image = open_image(path)
-        with image:
-            if image.mode in ("I;16", "I;16B", "I", "F"):
-                array = np.asarray(image, dtype=np.float32)
-                array = (255 * (array - array.min()) / max(float(array.max() - array.min()), 1.0)).astype(np.uint8)
-                return np.stack([array] * 3, axis=-1)
-            return np.asarray(image.convert("RGB"))
-    except FileNotFoundError:
-        raise DataError("image file not found", where=str(path), hint="run 'cvtrain check' to list every missing file") from None
-    except PermissionError:
-        raise DataError("image file is not readable (permission denied)", where=str(path),
-                        hint="fix the file's permissions for the user running cvtrain") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"cannot decode image: {error}", where=str(path), hint="the file is corrupt or truncated; replace it") from None
-
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """An HWC uint8 array as a CHW float tensor in [0, 1]."""
     return torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
 
 
@@ -87,7 +39,7 @@ class DetectionDataset(Dataset):
         return len(self.images)
 
     def load(self, record: ImageRecord) -> np.ndarray:
-        return read_image(safe_path(self.index.root, record.file_name))
+        return read_image(inside_root(self.index.root, record.file_name))
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, dict[str, Any]]:
         record = self.images[position]

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -131,7 +132,7 @@ class DatasetIndex:
         return sorted({image.split for image in self.images if image.split is not None})
 
     # ------------------------------------------------------------------ views
-    def subset(self, image_ids: Iterable[int]) -> "DatasetIndex":
+    def subset(self, image_ids: Iterable[int]) -> DatasetIndex:
         """A new index holding only these images and their annotations."""
         keep = set(image_ids)
         return replace(
@@ -140,7 +141,7 @@ class DatasetIndex:
             annotations=[a for a in self.annotations if a.image_id in keep],
         )
 
-    def split(self, name: str) -> "DatasetIndex":
+    def split(self, name: str) -> DatasetIndex:
         return self.subset(image.id for image in self.images if image.split == name)
 
     # ---------------------------------------------------------------- exports

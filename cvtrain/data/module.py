@@ -9,12 +9,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from cvtrain.config import Config
 from cvtrain.data.dataset import DetectionDataset, collate
-from cvtrain.data.formats.masks import ignore_value
+from cvtrain.data.files import ignore_value
 from cvtrain.data.index import DatasetIndex
+from cvtrain.data.sampling import EpochSampler, SeededItems, quiet_resume_warning, replicas
 from cvtrain.data.segmentation import SegmentationDataset
 from cvtrain.data.transforms import build_eval_transform, build_train_transform
 from cvtrain.errors import DataError
-from cvtrain.resilience import EpochSampler, SeededItems, quiet_resume_warning, replicas
 
 
 def build_dataset(config: Config, index: DatasetIndex, *, train: bool) -> Dataset:
@@ -51,7 +51,7 @@ class DataModule(pl.LightningDataModule):
         self.val_index = self._split(config.data.val_split)
 
     @classmethod
-    def for_evaluation(cls, config: Config, index: DatasetIndex) -> "DataModule":
+    def for_evaluation(cls, config: Config, index: DatasetIndex) -> DataModule:
         """Only the split named by ``data.val_split`` is needed."""
         return cls(config, index, train=False)
 

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cvtrain.data.dataset import read_image, safe_path, to_tensor
-from cvtrain.data.formats.masks import ignore_value, read_mask
+from cvtrain.data.dataset import to_tensor
+from cvtrain.data.files import ignore_value, inside_root, read_image, read_mask
 from cvtrain.data.index import DatasetIndex, ImageRecord
 from cvtrain.errors import DataError
 
@@ -40,12 +40,12 @@ class SegmentationDataset(Dataset):
     def load_mask(self, record: ImageRecord) -> np.ndarray:
         if not record.mask_file:
             raise DataError("image has no mask", where=record.file_name, hint="add its mask or leave the image out")
-        return read_mask(safe_path(self.index.root, record.mask_file), self.index.num_classes, self.index.ignore_index,
+        return read_mask(inside_root(self.index.root, record.mask_file, "mask"), self.index.num_classes, self.index.ignore_index,
                          self.palette)
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, dict[str, Any]]:
         record = self.images[position]
-        image = read_image(safe_path(self.index.root, record.file_name))
+        image = read_image(inside_root(self.index.root, record.file_name))
         mask = self.load_mask(record)
         if mask.shape != image.shape[:2]:
             raise DataError(f"mask is {mask.shape[1]}x{mask.shape[0]}, image is {image.shape[1]}x{image.shape[0]}",

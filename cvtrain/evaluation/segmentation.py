@@ -8,7 +8,8 @@ has IoU 0 (every such pixel is a false positive) and counts in the mean.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -3,19 +3,20 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 
 from cvtrain.config import Config
-from cvtrain.run import is_rank_zero
 
 log = logging.getLogger("cvtrain")
 
 
-def build_optimizer(parameters: Iterable[torch.nn.Parameter], config: Config, world_size: int) -> torch.optim.Optimizer:
+def build_optimizer(parameters: Iterable[torch.nn.Parameter], config: Config, world_size: int, *,
+                    verbose: bool = False) -> torch.optim.Optimizer:
     """The optimizer named in ``train.optimizer``.
 
     With ``scale_lr_with_batch`` the linear scaling rule applies:
@@ -27,7 +28,7 @@ def build_optimizer(parameters: Iterable[torch.nn.Parameter], config: Config, wo
     if spec.scale_lr_with_batch:
         global_batch = config.train.batch_size * world_size * config.train.accumulate_grad_batches
         lr = lr * global_batch / spec.base_batch_size
-        if is_rank_zero():
+        if verbose:
             log.info(f"lr {spec.lr:g} scaled to {lr:g} for a global batch of {global_batch} "
                      f"(train.optimizer.base_batch_size {spec.base_batch_size})")
     parameters = [p for p in parameters if p.requires_grad]
@@ -57,7 +58,9 @@ def lr_factor(step: int, total_steps: int, schedule) -> float:
 
 
 def configure_optimization(module: pl.LightningModule, config: Config) -> dict[str, Any]:
-    optimizer = build_optimizer(module.parameters(), config, module.trainer.world_size)
+    """Lightning's ``configure_optimizers`` for every task: the spec's optimizer, stepped per batch by the schedule."""
+    optimizer = build_optimizer(module.parameters(), config, module.trainer.world_size,
+                                verbose=module.trainer.is_global_zero)
     total = int(module.trainer.estimated_stepping_batches)
     schedule = config.train.scheduler
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, schedule))

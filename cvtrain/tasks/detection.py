@@ -35,10 +35,15 @@ class DetectionTask(pl.LightningModule):
         self.last_metrics: dict[str, Any] = {}
         self.ground_truth: dict[str, Any] | None = None  # COCO dict of the validation split
 
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and stage in ("fit", "validate"):
-            self.ground_truth = datamodule.val_index.to_coco()
+    def prepare(self, *, train_index: Any = None, val_index: Any = None) -> None:
+        """Take what validation scores against: the validation split's ground truth as a COCO dict.
+
+        Args:
+            train_index: the training split (``DatasetIndex``); detection needs nothing from it.
+            val_index: the validation split; without it validation computes no metrics.
+        """
+        if val_index is not None:
+            self.ground_truth = val_index.to_coco()
 
     # ---------------------------------------------------------------- training
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:

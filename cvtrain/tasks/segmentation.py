@@ -13,9 +13,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cvtrain.config import Config
-from cvtrain.data.formats.masks import ignore_value, mask_dtype
-from cvtrain.evaluation.segmentation import (confusion_matrix, majority_confusion, segmentation_metrics, sum_sparse,
-                                             to_sparse)
+from cvtrain.data.files import ignore_value, mask_dtype
+from cvtrain.evaluation.segmentation import (
+    confusion_matrix,
+    majority_confusion,
+    segmentation_metrics,
+    sum_sparse,
+    to_sparse,
+)
 from cvtrain.models import MODELS, build_model
 from cvtrain.tasks.common import configure_optimization, gather_by_image
 
@@ -86,13 +91,19 @@ class SegmentationTask(pl.LightningModule):
         self._logged_images: list[torch.Tensor] = []
         self.last_metrics: dict[str, Any] = {}
 
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if stage != "fit" or getattr(datamodule, "train_index", None) is None:
-            return  # evaluation: the counts come with the checkpoint
+    def prepare(self, *, train_index: Any = None, val_index: Any = None) -> None:
+        """Count the training masks' class pixels (the majority baseline and the class weights come from them).
+
+        Args:
+            train_index: the training split (``DatasetIndex``); None for evaluation, where the counts come
+                with the checkpoint.
+            val_index: the validation split; segmentation scores from the masks in the batches instead.
+        """
+        if train_index is None:
+            return
         from cvtrain.data.segmentation import class_pixel_statistics, class_weights
 
-        pixels, image_pixels = class_pixel_statistics(datamodule.train_index, self.config.data.palette)
+        pixels, image_pixels = class_pixel_statistics(train_index, self.config.data.palette)
         self.train_pixels.copy_(torch.from_numpy(pixels.astype(np.float64)))
         weights = class_weights(pixels, image_pixels, self.config.train.class_weights)
         if weights is not None:

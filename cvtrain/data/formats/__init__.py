@@ -5,7 +5,7 @@ format means one new module here, imported below, and nothing else.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 READERS: dict[str, Callable] = {}
 

@@ -19,26 +19,12 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from cvtrain.data.files import IMAGE_SUFFIXES, MAX_MASK_VALUE
 from cvtrain.data.formats import register_reader
-from cvtrain.data.formats.voc import IMAGE_SUFFIXES
 from cvtrain.data.index import Category, DatasetIndex, ImageRecord, Location
 from cvtrain.errors import DataError
-
-MAX_MASK_VALUE = 65535  # masks are 8- or 16-bit PNGs
-
-
-def ignore_value(num_classes: int, ignore_index: int | None) -> int:
-    """The mask value of pixels that are not scored (also what padding is filled with)."""
-    if ignore_index is not None:
-        return ignore_index
-    return 255 if num_classes < 255 else MAX_MASK_VALUE
-
-
-def mask_dtype(num_classes: int, ignore_index: int | None) -> type:
-    return np.uint8 if max(num_classes - 1, ignore_value(num_classes, ignore_index)) < 256 else np.uint16
 
 
 def _files(folder: Path, suffix: str, exclude_suffix: str = "") -> dict[str, Path]:
@@ -138,58 +124,3 @@ def read_masks(annotation_file: Path | None, *, root: Path, images: str = "image
         sources=[str(mask_dir)],
         format="masks",
     )
-
-
-def read_mask(path: Path, num_classes: int, ignore_index: int | None = None,
-              palette: dict[int, list[int]] | None = None) -> np.ndarray:
-    """Class indices ``(H, W)`` of a mask file; unscored pixels hold ``ignore_value(num_classes, ignore_index)``.
-
-    Raises:
-        DataError: a missing or undecodable file, a colour mask without a palette,
-            or values that are neither classes nor ``ignore_index``.
-    """
-    try:
-        from cvtrain.data.dataset import open_image  # dataset.py reads formats' indexes: imported late
-
-        with open_image(path, "mask") as image:
-            mode = image.mode
-            array = np.asarray(image.convert("RGB") if mode in ("RGBA", "CMYK", "YCbCr") else image)
-            if mode in ("LA", "PA"):
-                array = array[..., 0]  # the alpha channel is not a label
-    except FileNotFoundError:
-        raise DataError("mask file not found", where=str(path), hint="run 'cvtrain check' to list every missing mask") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"cannot decode mask: {error}", where=str(path), hint="replace the mask file") from None
-    if array.ndim == 3:
-        array = _colours_to_classes(array, palette, path) if (palette or np.ptp(array, axis=2).any()) else array[..., 0]
-    if array.dtype.kind == "b":
-        array = array.astype(np.uint8)
-    if array.dtype.kind not in "ui" or (array.dtype.kind == "i" and array.size and array.min() < 0):
-        raise DataError(f"mask of type {array.dtype} (mode {mode}) is not an index mask", where=str(path),
-                        hint="save masks as 8- or 16-bit PNG of class indices, palette PNG, or RGB with data.palette")
-    fill = ignore_value(num_classes, ignore_index)
-    counts = np.bincount(array.ravel()) if array.size else np.zeros(0, np.int64)
-    unknown = [v for v in np.flatnonzero(counts[num_classes:]) + num_classes if v != fill]
-    if unknown:
-        shown = ", ".join(f"{v} ({counts[v]} px)" for v in unknown[:5])
-        raise DataError(f"mask values {shown} are neither classes 0..{num_classes - 1} nor ignore_index {ignore_index}",
-                        where=str(path), hint="set data.ignore_index, or add the classes to data.classes")
-    return array.astype(mask_dtype(num_classes, ignore_index), copy=False)
-
-
-def _colours_to_classes(array: np.ndarray, palette: dict[int, list[int]] | None, path: Path) -> np.ndarray:
-    if not palette:
-        raise DataError("colour mask but no data.palette", where=str(path),
-                        hint="map each colour to a class: palette: {0: [128, 128, 128], 1: [128, 0, 0], ...}")
-    rgb = array[..., :3].astype(np.int32)
-    codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-    table = sorted(((r << 16) | (g << 8) | b, key) for key, (r, g, b) in palette.items())
-    keys = np.array([code for code, _ in table])
-    positions = np.clip(np.searchsorted(keys, codes), 0, len(keys) - 1)
-    unknown = keys[positions] != codes
-    if unknown.any():
-        code = int(codes[unknown][0])
-        colour = [code >> 16, (code >> 8) & 255, code & 255]
-        raise DataError(f"mask colour {colour} ({int((codes == code).sum())} px) is not in data.palette", where=str(path),
-                        hint="add the colour to data.palette (under ignore_index if it marks unlabelled pixels)")
-    return np.array([key for _, key in table])[positions]

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import posixpath
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+from cvtrain.data.files import IMAGE_SUFFIXES
 from cvtrain.data.formats import register_reader
 from cvtrain.data.index import Annotation, Category, DatasetIndex, ImageRecord, Location
 from cvtrain.errors import DataError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def _text(element: ET.Element | None, tag: str) -> str | None:

@@ -4,7 +4,6 @@ Lightning owns the loop, AMP and DDP; this module only decides their arguments.
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import sys
@@ -15,44 +14,15 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.plugins.precision import MixedPrecision
 
-from cvtrain.amp import LossScaleMonitor, active_scaler
 from cvtrain.config import Config
+from cvtrain.engine.callbacks import LossScaleMonitor, active_scaler
+from cvtrain.engine.checkpoints import STEP_CHECKPOINT, AtomicCheckpointIO
+from cvtrain.engine.rundir import is_rank_zero
 from cvtrain.errors import ConfigError
-from cvtrain.resilience import STEP_CHECKPOINT
-from cvtrain.run import is_rank_zero
 
 log = logging.getLogger("cvtrain")
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to a temporary file, flushed, fsync'ed and renamed into place.
-
-    A crash mid-write leaves the previous checkpoint intact. Loading never
-    executes code from the file (``weights_only=True``).
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(temporary, "wb") as handle:
-            handle.write(buffer.getbuffer())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-
-    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
 
 
 def uses_cuda(config: Config) -> bool:

@@ -8,17 +8,21 @@ runs/<name>/
   checkpoints/       last.ckpt, best.ckpt
   tensorboard/       event files
 ```
-Only rank 0 writes here.
+Only rank 0 writes here. Which folder is the run's is decided once, by rank 0
+(``choose_run_dir``), and handed to the other processes: through the
+environment to the DDP processes Lightning starts (``shared_with_workers``), and by
+a broadcast once the process group exists (``broadcast_run_dir``) for those
+started by torchrun or SLURM.
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import platform
 import socket
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,13 +30,31 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_only
 
+from cvtrain.atomic import write_json
 from cvtrain.errors import CvtrainError
 
 RUN_DIR_ENV = "CVTRAIN_RUN_DIR"  # lets DDP worker processes agree on the run directory rank 0 chose
+SKIPPED_FILE = "skipped.jsonl"  # items replaced under data.on_unreadable: skip
 
 
 def is_rank_zero() -> bool:
+    """True in the process that writes (global rank 0), and outside any distributed run."""
     return getattr(rank_zero_only, "rank", 0) == 0
+
+
+@contextlib.contextmanager
+def shared_with_workers(run_dir: Path) -> Iterator[None]:
+    """Hand ``run_dir`` to the DDP processes Lightning starts while the block runs (they inherit the environment)."""
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    try:
+        yield
+    finally:
+        os.environ.pop(RUN_DIR_ENV, None)
+
+
+def broadcast_run_dir(trainer: pl.Trainer, run_dir: Path) -> Path:
+    """Rank 0's run directory on every rank (under torchrun each rank chose its own before they could talk)."""
+    return Path(trainer.strategy.broadcast(str(run_dir), src=0))
 
 
 def choose_run_dir(requested: Path | None, name: str, *, resume: bool = False, overwrite: bool = False) -> Path:
@@ -82,6 +104,7 @@ def git_state(where: Path) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
+    """Versions of Python, torch, torchvision, Lightning and cvtrain."""
     import torch
     import torchvision
 
@@ -91,15 +114,8 @@ def versions() -> dict[str, str]:
             "pytorch_lightning": pl.__version__, "cvtrain": cvtrain.__version__}
 
 
-def write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
-
-
 def write_run_info(run_dir: Path, *, config, fingerprint: str, argv: list[str] | None = None, **extra: Any) -> None:
+    """Write ``run.json``: command, seed, git state, versions, host, dataset fingerprint and ``extra``."""
     write_json(run_dir / "run.json", {
         "command": argv if argv is not None else sys.argv,
         "cwd": os.getcwd(),
@@ -112,49 +128,3 @@ def write_run_info(run_dir: Path, *, config, fingerprint: str, argv: list[str] |
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **extra,
     })
-
-
-class MetricsFile(pl.Callback):
-    """Keeps ``metrics.json`` current after every validation, so a killed run still has its numbers."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] | None = None
-        self.started = time.time()
-
-    @property
-    def run_dir(self) -> Path:
-        return self.path.parent
-
-    def setup(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:
-        # Every rank picked a run directory before the processes could talk; rank 0's is the run's.
-        self.path = Path(trainer.strategy.broadcast(str(self.path), src=0))
-
-    def state_dict(self) -> dict[str, Any]:
-        # Saved in checkpoints, so that a resumed run's metrics.json keeps the epochs before the interruption
-        # (and the best of all of them), as they were when the checkpoint was written.
-        return {"history": self.history, "best": self.best}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict.get("history", []))
-        self.best = state_dict.get("best")
-
-    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        metrics = getattr(module, "last_metrics", {}) or {}
-        if not metrics:
-            return
-        entry = {"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics.get("scalars", {})}
-        self.history.append(entry)
-        key = module.monitor.split("/", 1)[1]
-        if self.best is None or entry.get(key, float("-inf")) >= self.best.get(key, float("-inf")):
-            self.best = {**entry, "per_class": metrics.get("per_class", {})}
-        write_json(self.path, {
-            "monitor": module.monitor,
-            "best": self.best,
-            "last": {**entry, "per_class": metrics.get("per_class", {})},
-            "history": self.history,
-            "elapsed_seconds": round(time.time() - self.started, 1),
-        })

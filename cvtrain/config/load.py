@@ -1,0 +1,206 @@
+"""Reading specs: YAML files, ``key=value`` overrides, ``--data`` dataset files and their roots.
+
+Precedence, lowest first: schema defaults < spec file < ``--data`` dataset file
+< ``key=value`` overrides < explicit API/CLI arguments. YAML is read with
+``yaml.safe_load`` only, and an unknown or ill-typed key fails at load time
+naming the file, the line, the key and the closest valid key.
+
+Relative paths inside a file (``data.root``) are resolved against that file's
+folder, so a spec works from any working directory; relative paths given as
+overrides are resolved against the working directory.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from cvtrain.config.explain import explain
+from cvtrain.config.schema import Config, DataConfig
+from cvtrain.errors import ConfigError
+
+API_KEYS = {  # API/CLI argument -> config path
+    "seed": "train.seed",
+    "max_epochs": "train.max_epochs",
+    "max_steps": "train.max_steps",
+    "batch_size": "train.batch_size",
+    "amp": "trainer.amp",
+    "gpus": "trainer.gpus",
+    "accelerator": "trainer.accelerator",
+    "devices": "trainer.devices",
+    "num_nodes": "trainer.num_nodes",
+    "fast_dev_run": "trainer.fast_dev_run",
+    "run_dir": "run_dir",
+}
+
+
+def read_yaml(path: Path) -> Any:
+    """``yaml.safe_load`` a file; errors name the file, line and column."""
+    if not path.is_file():
+        raise ConfigError("file not found", where=str(path), hint="check the path given to -c/--config or --data")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("not UTF-8 text", where=str(path), hint="save the spec as UTF-8") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as error:
+        mark = error.problem_mark
+        raise ConfigError(f"refused YAML tag: {error.problem}", where=f"{path}:{mark.line + 1}:{mark.column + 1}",
+                          hint="specs are plain data; python/object tags are never executed") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"invalid YAML: {problem}", where=where, hint="fix the syntax at that position") from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'train.lr=0.01'`` -> ``('train.lr', 0.01)``; the value goes through ``yaml.safe_load``."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} is not key=value", hint="write e.g. train.max_epochs=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw  # a plain string that is not valid YAML
+    return key, value
+
+
+def set_path(tree: dict, dotted: str, value: Any) -> None:
+    """Set ``tree["a"]["b"] = value`` for ``dotted == "a.b"``, creating sections on the way.
+
+    Raises:
+        ConfigError: a part of the path is a value, not a section.
+    """
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {part!r} is not a section", hint="check the key")
+        node = child
+    node[parts[-1]] = value
+
+
+def resolve_root(data: Any, base: Path) -> None:
+    """Make a dataset section's ``root`` absolute: ``~`` and ``$VARS`` expanded, relative to ``base``."""
+    if isinstance(data, dict) and isinstance(data.get("root"), str):
+        root = Path(os.path.expandvars(os.path.expanduser(data["root"])))
+        data["root"] = str(root if root.is_absolute() else (base / root).resolve())
+
+
+def load_config(
+    spec: str | os.PathLike | Mapping[str, Any] | Config,
+    overrides: Iterable[str] | Mapping[str, Any] | None = None,
+    *,
+    data: str | os.PathLike | None = None,
+    **arguments: Any,
+) -> Config:
+    """Build a validated ``Config``.
+
+    Args:
+        spec: a YAML spec path, a dict, or a ``Config``.
+        overrides: ``["train.lr=0.01", ...]`` or ``{"train.lr": 0.01}``.
+        data: a dataset description YAML that replaces the spec's ``data`` section.
+        **arguments: the CLI flags by name (``seed``, ``max_epochs``, ``amp``, ``gpus``, ...).
+
+    Raises:
+        ConfigError: one line naming the file, line, key and closest valid key.
+    """
+    origin: dict[str, str] = {}  # dotted key -> where it was set, for error messages
+    source = "<dict>"
+    text_lines: tuple[Path, str] | None = None
+    if isinstance(spec, Config):
+        tree = spec.model_dump(mode="json")
+    elif isinstance(spec, Mapping):
+        tree = copy.deepcopy(dict(spec))  # overrides must not reach into the caller's dict
+    else:
+        path = Path(spec)
+        tree = read_yaml(path)
+        source = str(path)
+        if tree is None:
+            raise ConfigError("spec is empty", where=source, hint="see configs/detection/ for examples")
+        if not isinstance(tree, dict):
+            raise ConfigError(f"spec is a {type(tree).__name__}, expected a mapping of sections", where=source,
+                              hint="see configs/detection/ for examples")
+        resolve_root(tree.get("data"), path.parent.resolve())
+        tree.setdefault("name", path.stem)
+        text_lines = (path, path.read_text(encoding="utf-8"))
+    if data is not None:
+        data_path = Path(data)
+        section = read_yaml(data_path)
+        if not isinstance(section, dict):
+            raise ConfigError("dataset file must be a mapping (format, root, splits, classes)", where=str(data_path),
+                              hint="see 'Your own data' in README.md")
+        resolve_root(section, data_path.parent.resolve())
+        tree["data"] = section
+        origin["data"] = str(data_path)
+    items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides or ())
+    for key, value in items:
+        if key in ("data.root",) and isinstance(value, str):
+            value = str(Path(value).expanduser().resolve())
+        set_path(tree, key, value)
+        origin[key] = f"override '{key}={value}'"
+    for name, value in arguments.items():
+        if value is None:
+            continue
+        if name not in API_KEYS:
+            close = difflib.get_close_matches(name, list(API_KEYS), n=1)
+            raise ConfigError(f"unknown argument {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""),
+                              hint=f"arguments: {', '.join(API_KEYS)}")
+        set_path(tree, API_KEYS[name], str(value) if isinstance(value, Path) else value)
+        origin[API_KEYS[name]] = f"argument {name}={value!r}"
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as error:
+        raise explain(error, source=source, origin=origin, text=text_lines[1] if text_lines else None) from None
+
+
+def save_config(config: Config, path: Path) -> None:
+    """Write the resolved config atomically; ``load_config(path)`` gives it back unchanged."""
+    from cvtrain.atomic import write_text
+
+    write_text(Path(path), yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+def load_data_description(path: Path, overrides: list[tuple[str, Any]] | None = None) -> Config | DataConfig:
+    """A ``Config`` from a spec file, or a ``DataConfig`` from a dataset file (a bare ``data`` section).
+
+    Args:
+        path: the YAML file given to ``--data`` (or ``-c``).
+        overrides: ``(dotted key, value)`` pairs; for a dataset file only ``data.*`` keys apply.
+
+    Returns:
+        The whole spec's ``Config`` when the file is a spec, else the dataset's ``DataConfig``.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, not a mapping, or invalid.
+    """
+    tree = read_yaml(path)
+    if isinstance(tree, dict) and "data" in tree and "format" not in tree:
+        return load_config(path, dict(overrides or []))
+    if not isinstance(tree, dict):
+        raise ConfigError("dataset file must be a mapping (format, root, splits, classes)", where=str(path),
+                          hint="see configs/datasets/ for examples")
+    resolve_root(tree, path.parent.resolve())
+    for key, value in overrides or []:
+        if not key.startswith("data."):
+            raise ConfigError(f"override '{key}' does not apply to a dataset file", where=str(path),
+                              hint="with --data alone, override data.* and checks.* keys")
+        set_path(tree, key.removeprefix("data."), value)
+    try:
+        return DataConfig.model_validate(tree)
+    except ValidationError as error:
+        raise explain(error, source=str(path), section="data", text=path.read_text(encoding="utf-8")) from None
+
+

@@ -1,0 +1,166 @@
+"""The one place that opens files a dataset names: the path guard, image and mask decoding, their limits.
+
+Readers, datasets, prediction and the curation checks all come through here,
+so what ``cvtrain check`` calls corrupt is exactly what training cannot read.
+
+- ``inside_root``: a name from an annotation or list file, resolved inside the
+  dataset root or refused (absolute paths, ``..``, NUL bytes, symlinks leading out).
+- ``open_image``: ``PIL.Image.open`` that refuses decompression bombs.
+- ``read_image``: RGB uint8, whatever the file's mode (grey, palette, CMYK, 16-bit).
+- ``read_mask``: class indices of an index, palette or colour mask, checked against the classes.
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+import warnings
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from cvtrain.errors import DataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # 16-bit and float greys
+MAX_MASK_VALUE = 65535  # masks are 8- or 16-bit PNGs
+
+
+def ignore_value(num_classes: int, ignore_index: int | None) -> int:
+    """The mask value of pixels that are not scored (also what padding is filled with)."""
+    if ignore_index is not None:
+        return ignore_index
+    return 255 if num_classes < 255 else MAX_MASK_VALUE
+
+
+def mask_dtype(num_classes: int, ignore_index: int | None) -> type:
+    return np.uint8 if max(num_classes - 1, ignore_value(num_classes, ignore_index)) < 256 else np.uint16
+
+
+def inside_root(root: str | os.PathLike, name: str, what: str = "image") -> Path:
+    """``root / name`` resolved, refusing any name that does not stay inside ``root``.
+
+    Args:
+        root: the dataset root (itself may be a symlink: it is resolved once).
+        name: a relative path from an annotation or list file.
+        what: what the file is, for the message (``image``, ``mask``, ``split list``).
+
+    Returns:
+        The resolved path (which may not exist).
+
+    Raises:
+        DataError: an absolute path, a NUL byte, ``..`` leading out, or a symlink pointing outside ``root``.
+
+    >>> inside_root("/data/set", "images/a.jpg").as_posix().endswith("images/a.jpg")
+    True
+    """
+    base = Path(root).resolve()
+    text = str(name)
+    if "\x00" in text:
+        raise DataError(f"{what} path {text!r} contains a NUL byte", where=str(base),
+                        hint="file names inside the dataset cannot contain NUL")
+    normal = posixpath.normpath(text.replace("\\", "/"))
+    if os.path.isabs(text) or normal == ".." or normal.startswith("../"):
+        raise DataError(f"{what} path {text!r} escapes the dataset root", where=str(base),
+                        hint="paths named in the dataset's files must be relative and stay inside data.root")
+    path = (base / text).resolve()
+    if not path.is_relative_to(base):
+        raise DataError(f"{what} path {text!r} escapes the dataset root", where=str(base),
+                        hint="paths named in the dataset's files must be relative and stay inside data.root")
+    return path
+
+
+# Refuse decompression bombs: 16k x 16k is larger than any real training photo.
+MAX_IMAGE_PIXELS = 16384 * 16384
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+
+def open_image(path: str | os.PathLike | IO[bytes], what: str = "image", *, name: str | None = None) -> Image.Image:
+    """``Image.open`` that refuses decompression bombs with a ``DataError`` naming the file.
+
+    ``path`` may be an open binary file; ``name`` is then what errors name.
+
+    Pillow checks the header's size before decoding; above its limit it only warns (up to twice the
+    limit), and that warning would print besides the error, so it is refused like the error.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise DataError(f"{what} is too large to decode safely: {str(error).split(', could be')[0]}",
+                        where=name or str(path),
+                        hint=f"decompression bombs are refused; resize the {what} if it is real") from None
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An RGB uint8 array; grey, palette, CMYK and 16-bit images are converted."""
+    try:
+        image = open_image(path)
+        with image:
+            if image.mode in HIGH_BIT_MODES:
+                array = np.asarray(image, dtype=np.float32)
+                array = (255 * (array - array.min()) / max(float(array.max() - array.min()), 1.0)).astype(np.uint8)
+                return np.stack([array] * 3, axis=-1)
+            return np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise DataError("image file not found", where=str(path), hint="run 'cvtrain check' to list every missing file") from None
+    except PermissionError:
+        raise DataError("image file is not readable (permission denied)", where=str(path),
+                        hint="fix the file's permissions for the user running cvtrain") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"cannot decode image: {error}", where=str(path), hint="the file is corrupt or truncated; replace it") from None
+
+
+def read_mask(path: Path, num_classes: int, ignore_index: int | None = None,
+              palette: dict[int, list[int]] | None = None) -> np.ndarray:
+    """Class indices ``(H, W)`` of a mask file; unscored pixels hold ``ignore_value(num_classes, ignore_index)``.
+
+    Raises:
+        DataError: a missing or undecodable file, a colour mask without a palette,
+            or values that are neither classes nor ``ignore_index``.
+    """
+    try:
+        with open_image(path, "mask") as image:
+            mode = image.mode
+            array = np.asarray(image.convert("RGB") if mode in ("RGBA", "CMYK", "YCbCr") else image)
+            if mode in ("LA", "PA"):
+                array = array[..., 0]  # the alpha channel is not a label
+    except FileNotFoundError:
+        raise DataError("mask file not found", where=str(path), hint="run 'cvtrain check' to list every missing mask") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"cannot decode mask: {error}", where=str(path), hint="replace the mask file") from None
+    if array.ndim == 3:
+        array = _colours_to_classes(array, palette, path) if (palette or np.ptp(array, axis=2).any()) else array[..., 0]
+    if array.dtype.kind == "b":
+        array = array.astype(np.uint8)
+    if array.dtype.kind not in "ui" or (array.dtype.kind == "i" and array.size and array.min() < 0):
+        raise DataError(f"mask of type {array.dtype} (mode {mode}) is not an index mask", where=str(path),
+                        hint="save masks as 8- or 16-bit PNG of class indices, palette PNG, or RGB with data.palette")
+    fill = ignore_value(num_classes, ignore_index)
+    counts = np.bincount(array.ravel()) if array.size else np.zeros(0, np.int64)
+    unknown = [v for v in np.flatnonzero(counts[num_classes:]) + num_classes if v != fill]
+    if unknown:
+        shown = ", ".join(f"{v} ({counts[v]} px)" for v in unknown[:5])
+        raise DataError(f"mask values {shown} are neither classes 0..{num_classes - 1} nor ignore_index {ignore_index}",
+                        where=str(path), hint="set data.ignore_index, or add the classes to data.classes")
+    return array.astype(mask_dtype(num_classes, ignore_index), copy=False)
+
+
+def _colours_to_classes(array: np.ndarray, palette: dict[int, list[int]] | None, path: Path) -> np.ndarray:
+    if not palette:
+        raise DataError("colour mask but no data.palette", where=str(path),
+                        hint="map each colour to a class: palette: {0: [128, 128, 128], 1: [128, 0, 0], ...}")
+    rgb = array[..., :3].astype(np.int32)
+    codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    table = sorted(((r << 16) | (g << 8) | b, key) for key, (r, g, b) in palette.items())
+    keys = np.array([code for code, _ in table])
+    positions = np.clip(np.searchsorted(keys, codes), 0, len(keys) - 1)
+    unknown = keys[positions] != codes
+    if unknown.any():
+        code = int(codes[unknown][0])
+        colour = [code >> 16, (code >> 8) & 255, code & 255]
+        raise DataError(f"mask colour {colour} ({int((codes == code).sum())} px) is not in data.palette", where=str(path),
+                        hint="add the colour to data.palette (under ignore_index if it marks unlabelled pixels)")
+    return np.array([key for _, key in table])[positions]

@@ -1,0 +1,116 @@
+"""What the API's verbs return: plain dataclasses that print as tables in a notebook, as the CLI prints them."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from typing import Any
+
+# The summary scalars in the order the CLI prints them.
+METRIC_ORDER = ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "segm_AP", "mIoU", "baseline_mIoU",
+                "pixel_accuracy")
+
+
+def metric_text(value: Any) -> str:
+    """A metric as the CLI prints it: 4 decimals, and ``n/a`` for pycocotools' -1 (no ground truth in that range).
+
+    >>> metric_text(0.53251), metric_text(-1.0), metric_text(None)
+    ('0.5325', 'n/a', 'n/a')
+    """
+    if value is None or (isinstance(value, (int, float)) and value < 0):
+        return "n/a"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def summary_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The summary scalars of ``metrics`` in print order (epoch, step and per-class tables left out)."""
+    return {key: metrics[key] for key in METRIC_ORDER if key in metrics}
+
+
+def per_class_lines(per_class: Mapping[str, Any]) -> list[str]:
+    """One line per kind of score (``bbox``, ``segm``, ``IoU``): each class's value, ``absent`` where None."""
+    lines = []
+    for kind, classes in per_class.items():
+        if isinstance(classes, dict) and classes:
+            # None: a class in neither the ground truth nor the predictions (semantic segmentation)
+            lines.append(f"per-class {kind}: " + ", ".join(
+                f"{name} {'absent' if value is None else f'{value:.3f}'}" for name, value in classes.items()))
+    return lines
+
+
+def _html(title: str, rows: Mapping[str, Any], per_class: Mapping[str, Any] | None = None) -> str:
+    body = "".join(f"<tr><th style='text-align:left'>{escape(str(key))}</th>"
+                   f"<td>{escape(metric_text(value) if isinstance(value, float) else str(value))}</td></tr>"
+                   for key, value in rows.items())
+    extra = "".join(f"<div>{escape(line)}</div>" for line in per_class_lines(per_class or {}))
+    return f"<b>{escape(title)}</b><table>{body}</table>{extra}"
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` produced.
+
+    Attributes:
+        run_dir: the run directory.
+        best_checkpoint: ``checkpoints/best.ckpt`` (None when no validation ran).
+        last_checkpoint: ``checkpoints/last.ckpt``.
+        metrics: the best validation's scalars (``mAP``, ``AP50``, … or ``mIoU``, …, with ``epoch`` and ``step``).
+        per_class: per-class AP (``bbox``/``segm``) or IoU of the best validation.
+        seconds: wall time of the whole call.
+    """
+
+    run_dir: Path
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    per_class: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def _repr_html_(self) -> str:
+        rows = {"run_dir": self.run_dir, "best_checkpoint": self.best_checkpoint, "seconds": round(self.seconds, 1),
+                "epoch": self.metrics.get("epoch"), **summary_metrics(self.metrics)}
+        return _html("cvtrain fit", rows, self.per_class)
+
+
+@dataclass
+class EvaluateResult:
+    """What ``evaluate`` scored.
+
+    Attributes:
+        metrics: the summary scalars (COCO stats or mIoU and its baseline).
+        per_class: per-class AP or IoU.
+        out_dir: where ``metrics.json`` was written.
+        num_images: images scored.
+    """
+
+    metrics: dict[str, Any]
+    per_class: dict[str, Any]
+    out_dir: Path | None
+    num_images: int = 0
+
+    def _repr_html_(self) -> str:
+        return _html("cvtrain evaluate", {"images": self.num_images, **summary_metrics(self.metrics)}, self.per_class)
+
+
+@dataclass
+class PredictResult:
+    """What ``predict`` wrote.
+
+    Attributes:
+        out_dir: the output folder.
+        predictions_file: ``predictions.json`` (COCO results with ``file_name``; one record per image for masks).
+        num_images: images predicted.
+        num_detections: records written (detections; for semantic segmentation, one per image).
+        task: the checkpoint's task.
+    """
+
+    out_dir: Path
+    predictions_file: Path
+    num_images: int
+    num_detections: int
+    task: str = "detection"
+
+    def _repr_html_(self) -> str:
+        return _html("cvtrain predict", {"out_dir": self.out_dir, "images": self.num_images,
+                                         "detections": self.num_detections})
