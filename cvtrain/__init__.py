@@ -11,5 +11,17 @@ from cvtrain.api import EvaluateResult, FitResult, PredictResult, check, evaluat
 from cvtrain.config import Config, load_config, save_config  # noqa: E402
 from cvtrain.errors import CvtrainError  # noqa: E402
 
-__all__ = ["Config", "CvtrainError", "EvaluateResult", "FitResult", "PredictResult", "check", "evaluate", "fit", "load_config",
-           "predict", "save_config", "__version__"]
+__all__ = [
+    "Config",
+    "CvtrainError",
+    "EvaluateResult",
+    "FitResult",
+    "PredictResult",
+    "check",
+    "evaluate",
+    "fit",
+    "load_config",
+    "predict",
+    "save_config",
+    "__version__",
+]

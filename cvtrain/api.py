@@ -75,7 +75,9 @@ def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | No
     resume_from = _resume_from(resume, run_dir)
     index = build_index(config.data)
     if resume_from is not None:
-        check_checkpoint_fits(resume_from.hyper_parameters, config.task, index.task, index.class_names, resume_from.path)
+        check_checkpoint_fits(
+            resume_from.hyper_parameters, config.task, index.task, index.class_names, resume_from.path
+        )
     if is_rank_zero():
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
@@ -193,7 +195,8 @@ def check(spec: Spec | None = None, overrides: Overrides = None, *, data: str | 
 
 
 def _resume_from(resume: str | None, run_dir: Path) -> CheckpointInfo | None:
-    """``auto``: the run directory's newest valid checkpoint; a path: that checkpoint, checked now, not deep in Lightning."""
+    """``auto``: the run directory's newest valid checkpoint; a path: that checkpoint, checked now, not deep in
+    Lightning."""
     if resume is None:
         return None
     if resume == "auto":
@@ -257,8 +260,15 @@ def evaluate(spec: Spec | None = None, checkpoint: str | os.PathLike = "", overr
     result = EvaluateResult(metrics=metrics.get("scalars", {}), per_class=metrics.get("per_class", {}),
                             out_dir=out_dir, num_images=metrics.get("num_images", 0))
     if is_rank_zero():
-        write_json(out_dir / "metrics.json", {"checkpoint": str(checkpoint), "split": config.data.val_split,
-                                              "num_images": result.num_images, **{k: v for k, v in metrics.items() if k != "summary"}})
+        write_json(
+            out_dir / "metrics.json",
+            {
+                "checkpoint": str(checkpoint),
+                "split": config.data.val_split,
+                "num_images": result.num_images,
+                **{k: v for k, v in metrics.items() if k != "summary"},
+            },
+        )
     return result
 
 

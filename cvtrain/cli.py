@@ -15,7 +15,9 @@ from cvtrain.errors import CvtrainError
 
 
 def _common(parser: argparse.ArgumentParser, *, spec_required: bool) -> None:
-    parser.add_argument("-c", "--config", required=spec_required, help="YAML spec (configs/{detection,instance,segmentation}/*.yaml)")
+    parser.add_argument(
+        "-c", "--config", required=spec_required, help="YAML spec (configs/{detection,instance,segmentation}/*.yaml)"
+    )
     parser.add_argument("--data", help="dataset description YAML that replaces the spec's data section")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="spec overrides, e.g. train.max_epochs=3")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -26,7 +28,9 @@ def _runtime(parser: argparse.ArgumentParser) -> None:
                         help="mixed precision: fp16 + loss scaling on CUDA (bf16 on CPU); 'fp16' or 'bf16' to choose")
     parser.add_argument("--gpus", type=int, help="number of GPUs; DDP when more than one")
     parser.add_argument("--accelerator", help="auto, cpu, gpu, cuda, mps")
-    parser.add_argument("--devices", type=_devices, help="devices per node (e.g. --accelerator cpu --devices 2 for DDP on gloo)")
+    parser.add_argument(
+        "--devices", type=_devices, help="devices per node (e.g. --accelerator cpu --devices 2 for DDP on gloo)"
+    )
     parser.add_argument("--num-nodes", type=int, help="nodes (with torchrun or SLURM)")
 
 
@@ -35,7 +39,9 @@ def _devices(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cvtrain", description="Config-driven training for detection and segmentation.")
+    parser = argparse.ArgumentParser(
+        prog="cvtrain", description="Config-driven training for detection and segmentation."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     fit = commands.add_parser("fit", help="train from a spec")
@@ -46,8 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--max-epochs", type=int)
     fit.add_argument("--max-steps", type=int)
     fit.add_argument("--fast-dev-run", action="store_true", default=None, help="one training and one validation batch")
-    fit.add_argument("--resume", nargs="?", const="auto",
-                     help="continue from the run directory's newest valid checkpoint (last, periodic or best), or a given one")
+    fit.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        help="continue from the run directory's newest valid checkpoint (last, periodic or best), or a given one",
+    )
     fit.add_argument("--overwrite", action="store_true", help="reuse an existing --run-dir, replacing its run")
     fit.add_argument("--skip-checks", action="store_true", help="train without checking the dataset first")
 
@@ -111,23 +121,44 @@ def run(args: argparse.Namespace) -> int:
 
     runtime = ("amp", "gpus", "accelerator", "devices", "num_nodes")
     if args.command == "fit":
-        result = api.fit(args.config, args.overrides, data=args.data, resume=args.resume, overwrite=args.overwrite,
-                         skip_checks=args.skip_checks,
-                         **_runtime_arguments(args, runtime + ("run_dir", "seed", "max_epochs", "max_steps", "fast_dev_run")))
+        result = api.fit(
+            args.config,
+            args.overrides,
+            data=args.data,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            skip_checks=args.skip_checks,
+            **_runtime_arguments(args, runtime + ("run_dir", "seed", "max_epochs", "max_steps", "fast_dev_run")),
+        )
         if is_rank_zero():
             _print_metrics(f"done in {result.seconds:.0f} s; best validation:", result.metrics, result.per_class)
             print(f"best checkpoint: {result.best_checkpoint}\nrun directory:   {result.run_dir}")
         return 0
     if args.command == "evaluate":
-        result = api.evaluate(args.config, args.checkpoint, args.overrides, data=args.data, split=args.split, out=args.out,
-                              **_runtime_arguments(args, runtime))
+        result = api.evaluate(
+            args.config,
+            args.checkpoint,
+            args.overrides,
+            data=args.data,
+            split=args.split,
+            out=args.out,
+            **_runtime_arguments(args, runtime),
+        )
         if is_rank_zero():
             _print_metrics(f"{result.num_images} images:", result.metrics, result.per_class)
             print(f"metrics: {result.out_dir / 'metrics.json'}")
         return 0
     if args.command == "predict":
-        result = api.predict(args.config, args.checkpoint, args.source, args.out, args.overrides, overwrite=args.overwrite,
-                             score_threshold=args.score_threshold, **_runtime_arguments(args, ("accelerator",)))
+        result = api.predict(
+            args.config,
+            args.checkpoint,
+            args.source,
+            args.out,
+            args.overrides,
+            overwrite=args.overwrite,
+            score_threshold=args.score_threshold,
+            **_runtime_arguments(args, ("accelerator",)),
+        )
         if result.task == "semantic_segmentation":
             print(f"{result.num_images} images: index masks in {result.out_dir / 'masks'}, colour masks in "
                   f"{result.out_dir / 'colour'}, overlays in {result.out_dir / 'images'}; {result.predictions_file}")

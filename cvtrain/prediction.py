@@ -40,7 +40,9 @@ def pick_device(accelerator: str | None) -> torch.device:
 
 
 @torch.no_grad()
-def run_prediction(task, config: Config, source: Path, out_dir: Path, *, device: str | None = None, batch_size: int = 4):
+def run_prediction(
+    task, config: Config, source: Path, out_dir: Path, *, device: str | None = None, batch_size: int = 4
+):
     """Write ``predictions.json`` (COCO results plus ``file_name``) and ``images/<name>.jpg`` into ``out_dir``.
 
     A task with ``write_prediction`` (semantic segmentation) writes its own files and records instead.
@@ -71,5 +73,10 @@ def run_prediction(task, config: Config, source: Path, out_dir: Path, *, device:
             write_jpeg(picture, str(out_dir / "images" / f"{path.stem}.jpg"), quality=90)
     predictions = out_dir / "predictions.json"
     write_json(predictions, results)
-    return PredictResult(out_dir=out_dir, predictions_file=predictions, num_images=len(files), num_detections=len(results),
-                         task=task.config.task)
+    return PredictResult(
+        out_dir=out_dir,
+        predictions_file=predictions,
+        num_images=len(files),
+        num_detections=len(results),
+        task=task.config.task,
+    )

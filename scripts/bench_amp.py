@@ -11,7 +11,7 @@ Each (model, precision) runs in a fresh process, so that peak memory is its own:
 ``torch.cuda.max_memory_allocated`` on CUDA, the rise of the resident set
 (``VmHWM`` after resetting it) on the CPU.
 
-    python scripts/bench_amp.py                 # fasterrcnn_resnet50_fpn_v2 (8 x 800 px), deeplabv3_resnet50 (16 x 512 px)
+    python scripts/bench_amp.py          # fasterrcnn_resnet50_fpn_v2 (8 x 800 px), deeplabv3_resnet50 (16 x 512 px)
     python scripts/bench_amp.py --small         # CPU, under a minute: SSDlite (quarter width) and LR-ASPP, 2 x 64 px
     python scripts/bench_amp.py --json out.json # also write the results
 
@@ -48,7 +48,10 @@ class Case:
 
 
 FULL = [Case("fasterrcnn_resnet50_fpn_v2", 8, 800), Case("deeplabv3_resnet50", 16, 512, (("aux_loss", True),))]
-SMALL = [Case("ssdlite320_mobilenet_v3_large", 2, 64, (("width_mult", 0.25),)), Case("lraspp_mobilenet_v3_large", 2, 64)]
+SMALL = [
+    Case("ssdlite320_mobilenet_v3_large", 2, 64, (("width_mult", 0.25),)),
+    Case("lraspp_mobilenet_v3_large", 2, 64),
+]
 
 
 def synthetic_batch(case: Case, device: torch.device, generator: torch.Generator):
@@ -92,7 +95,9 @@ def measure(case: Case, precision: str, device_name: str, warmup: int, steps: in
         torch.backends.cudnn.benchmark = True  # fixed input sizes
     dtype = PRECISIONS[precision]
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name=case.model, options=dict(case.options)), NUM_CLASSES, case.size).to(device).train()
+    model = (
+        build_model(ModelConfig(name=case.model, options=dict(case.options)), NUM_CLASSES, case.size).to(device).train()
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     batch = synthetic_batch(case, device, torch.Generator(device).manual_seed(0))

@@ -56,13 +56,16 @@ def make_coco(images: int, boxes: int, classes: int, seed: int = 0) -> dict:
         record = {"id": i + 1, "image_id": int(owner[i]) + 1, "category_id": int(category[i]),
                   "bbox": [float(x[i]), float(y[i]), float(w[i]), float(h[i])], "iscrowd": int(crowd[i])}
         if crowd[i]:  # compressed RLE of the box, as pycocotools writes it
-            rle = mask_utils.frPyObjects([[x0, y0, x1, y0, x1, y1, x0, y1]], int(height[owner[i]]), int(width[owner[i]]))[0]
+            rle = mask_utils.frPyObjects(
+                [[x0, y0, x1, y0, x1, y1, x0, y1]], int(height[owner[i]]), int(width[owner[i]])
+            )[0]
             record["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode()}
             record["area"] = float(mask_utils.area(rle))
             record["bbox"] = [float(v) for v in mask_utils.toBbox(rle)]
         else:  # an octagon inscribed in the box: area 7/8 of the box
-            record["segmentation"] = [[x0 + a, y0, x1 - a, y0, x1, y0 + b, x1, y1 - b, x1 - a, y1, x0 + a, y1, x0, y1 - b,
-                                       x0, y0 + b]]
+            record["segmentation"] = [
+                [x0 + a, y0, x1 - a, y0, x1, y0 + b, x1, y1 - b, x1 - a, y1, x0 + a, y1, x0, y1 - b, x0, y0 + b]
+            ]
             record["area"] = float(w[i] * h[i] * 0.875)
         annotations.append(record)
     annotations.extend(dict(a, id=boxes + n + 1) for n, a in enumerate(annotations[:: 20000]))
@@ -115,8 +118,10 @@ def main() -> None:
     print(f"annotation-level checks (run_checks, check_files=False): {checked - begin:.2f} s")
     print(f"memory: index in memory {after_read:.2f} GiB RSS (peak {peak_read:.2f} GiB while reading JSON); "
           f"peak RSS after the checks {peak_checks:.2f} GiB; allocated by the checks at peak {traced:.2f} GiB")
-    print(f"findings: {report.count('error')} errors, {report.count('warning')} warnings, {report.count('info')} infos; "
-          + ", ".join(f"{code} {report.counts[code]}" for code in report.codes()))
+    print(
+        f"findings: {report.count('error')} errors, {report.count('warning')} warnings, {report.count('info')} infos; "
+        + ", ".join(f"{code} {report.counts[code]}" for code in report.codes())
+    )
 
 
 if __name__ == "__main__":

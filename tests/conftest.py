@@ -33,7 +33,9 @@ def shared_datasets() -> Path:
 @pytest.fixture
 def on_shared(shared_datasets):
     """``on_shared(file)``: the override pointing a ready spec or dataset file of ``configs/`` at the shared datasets
-    found. Those files write their root as ``../shared/datasets/...``, true only beside a checkout with ``../shared``."""
+    found. Those files write their root as ``../shared/datasets/...``, true only beside a checkout with
+    ``../shared``."""
+
     def override(path: Path) -> dict[str, str]:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
         written = document["data"]["root"] if "data" in document else document["root"]

@@ -30,7 +30,9 @@ from cvtrain.engine.trainer import build_trainer, precision_arguments
 from cvtrain.tasks import TASKS
 from cvtrain.tasks.common import configure_optimization
 
-CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])
+CUDA = pytest.param(
+    "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+)
 ACCELERATORS = {"cpu": "cpu", "cuda": "gpu"}
 STEPS = 20  # compared with FP32
 INJECT_AT = STEPS  # the step whose gradients get an inf, after the compared ones
@@ -74,10 +76,21 @@ def segmentation_spec(root: Path) -> dict:
             Image.fromarray(mask).save(root / "masks" / f"im{number}.png")
     return {
         "task": "semantic_segmentation",
-        "data": {"format": "masks", "root": str(root), "classes": ["background", "square", "disc"], "val_fraction": 0.2},
+        "data": {
+            "format": "masks",
+            "root": str(root),
+            "classes": ["background", "square", "disc"],
+            "val_fraction": 0.2,
+        },
         "model": {"name": "lraspp_mobilenet_v3_large"},
-        "train": {"max_epochs": 100, "batch_size": 2, "image_size": 48, "num_workers": 0,
-                  "optimizer": {"name": "sgd", "lr": 0.02}, "scheduler": {"name": "constant", "warmup_steps": 0}},
+        "train": {
+            "max_epochs": 100,
+            "batch_size": 2,
+            "image_size": 48,
+            "num_workers": 0,
+            "optimizer": {"name": "sgd", "lr": 0.02},
+            "scheduler": {"name": "constant", "warmup_steps": 0},
+        },
         "augment": {"hflip": 0.0, "scale": [1.0, 1.0], "color_jitter": 0.0, "hue": 0.0},
         "eval": {"num_log_images": 0},
         "trainer": {"accelerator": "cpu", "log_every_n_steps": 1},
@@ -317,7 +330,9 @@ def test_amp_flag_chooses_fp16_on_cuda_and_bf16_on_cpu_with_a_notice(tmp_path, c
     def config(**overrides):
         return load_config(detection_spec(tmp_path), overrides)
 
-    assert precision_arguments(config(**{"trainer.amp": "auto", "trainer.accelerator": "gpu"})) == {"precision": "16-mixed"}
+    assert precision_arguments(config(**{"trainer.amp": "auto", "trainer.accelerator": "gpu"})) == {
+        "precision": "16-mixed"
+    }
     with caplog.at_level(logging.WARNING, logger="cvtrain"):
         assert precision_arguments(config(**{"trainer.amp": "auto"})) == {"precision": "bf16-mixed"}
     notices = [r.getMessage() for r in caplog.records if r.name == "cvtrain"]

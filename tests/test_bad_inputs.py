@@ -85,7 +85,9 @@ class CliForkServer:
         self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
         code = json.loads(self.process.stdout.readline())
-        return subprocess.CompletedProcess(argv, code, stdout.read_text(errors="replace"), stderr.read_text(errors="replace"))
+        return subprocess.CompletedProcess(
+            argv, code, stdout.read_text(errors="replace"), stderr.read_text(errors="replace")
+        )
 
     def close(self) -> None:
         self.process.stdin.close()
@@ -115,8 +117,11 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
         for folder, array in (("images", image), ("masks", mask)):
             (root / folder).mkdir(parents=True, exist_ok=True)
             Image.fromarray(array).save(root / folder / f"m{position}.png")
-    segmentation = {"task": "semantic_segmentation", "model": {"name": "lraspp_mobilenet_v3_large"},
-                    "data": {"format": "masks", "root": str(root), "classes": ["background", "shape"], "val_fraction": 0.25}}
+    segmentation = {
+        "task": "semantic_segmentation",
+        "model": {"name": "lraspp_mobilenet_v3_large"},
+        "data": {"format": "masks", "root": str(root), "classes": ["background", "shape"], "val_fraction": 0.25},
+    }
     made = {}
     for name, spec in (("detection", detection), ("segmentation", segmentation)):
         spec.update(train={"max_epochs": 1, "batch_size": 3, "image_size": 64, "num_workers": 0},

@@ -40,9 +40,16 @@ def test_defaults_and_relative_root(tmp_path):
 
 
 def test_overrides_are_typed_by_yaml_and_beat_the_file(tmp_path):
-    config = load_config(write(tmp_path / "spec.yaml", MINIMAL),
-                         ["train.max_epochs=7", "train.optimizer.lr=1e-3", "augment.scale=[0.5, 2.0]", "model.options.box_score_thresh=0.2"],
-                         seed=5)
+    config = load_config(
+        write(tmp_path / "spec.yaml", MINIMAL),
+        [
+            "train.max_epochs=7",
+            "train.optimizer.lr=1e-3",
+            "augment.scale=[0.5, 2.0]",
+            "model.options.box_score_thresh=0.2",
+        ],
+        seed=5,
+    )
     assert config.train.max_epochs == 7
     assert config.train.optimizer.lr == pytest.approx(1e-3)
     assert config.augment.scale == (0.5, 2.0)
@@ -107,7 +114,9 @@ def test_model_must_fit_task(tmp_path):
 
 
 def test_saved_config_reloads_identical(tmp_path):
-    config = load_config(write(tmp_path / "spec.yaml", MINIMAL), ["train.optimizer.lr=0.005", "augment.hflip=0.0"], amp="fp16")
+    config = load_config(
+        write(tmp_path / "spec.yaml", MINIMAL), ["train.optimizer.lr=0.005", "augment.hflip=0.0"], amp="fp16"
+    )
     save_config(config, tmp_path / "run" / "config.yaml")
     again = load_config(tmp_path / "run" / "config.yaml")
     assert again == config

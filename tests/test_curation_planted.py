@@ -139,7 +139,9 @@ def test_severity_overrides_and_off(tmp_path, checks):
     assert report.exit_code == 1
     with pytest.raises(ValueError, match="did you mean 'box.duplicate'"):
         ChecksConfig(severity_overrides={"box.duplicates": "off"})
-    assert ChecksConfig(severity_overrides={"class.rare": False}).severity_overrides == {"class.rare": "off"}  # YAML off
+    assert ChecksConfig(severity_overrides={"class.rare": False}).severity_overrides == {
+        "class.rare": "off"
+    }  # YAML off
 
 
 def test_listed_findings_are_capped_but_all_counted(tmp_path, checks):

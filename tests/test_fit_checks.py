@@ -94,8 +94,15 @@ def test_check_command_exit_codes_and_outputs(flawed_spec, tmp_path):
     assert "box.outside_image" in done.stdout and "1 errors" in done.stdout
     assert (tmp_path / "out/report.json").is_file() and (tmp_path / "out/report.html").is_file()
     # a severity override turns the error into a warning: exit 0
-    done = cli("check", "-c", str(flawed_spec), "--out", "out2", "checks.severity_overrides={box.outside_image: warning}",
-               cwd=tmp_path)
+    done = cli(
+        "check",
+        "-c",
+        str(flawed_spec),
+        "--out",
+        "out2",
+        "checks.severity_overrides={box.outside_image: warning}",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
     # a dataset file alone, unreadable: exit 2 and one line naming the file
     (tmp_path / "broken.json").write_text('{"images": [')

@@ -1,4 +1,6 @@
-"""Input from other people: checkpoints that would run code, YAML tags, escaping paths, decompression bombs, nonsense specs."""
+"""Input from other people: checkpoints that would run code, YAML tags, escaping paths, decompression bombs,
+nonsense specs."""
+
 from __future__ import annotations
 
 import ast
@@ -137,7 +139,9 @@ def test_annotation_paths_that_escape_the_dataset_root_are_refused(file_name, tm
         dataset[0]
 
 
-@pytest.mark.parametrize(("case", "pixels"), [("png_bomb", "10000000000"), ("png_bomb_under_pillow_limit", "400000000")])
+@pytest.mark.parametrize(
+    ("case", "pixels"), [("png_bomb", "10000000000"), ("png_bomb_under_pillow_limit", "400000000")]
+)
 def test_decompression_bombs_are_refused_before_decoding(case, pixels):
     bomb = CORPUS / "images" / case / "images" / "a.png"
     assert bomb.stat().st_size < 100  # a header that claims billions of pixels

@@ -93,7 +93,8 @@ def test_polygons_both_rle_kinds_and_crowds(tmp_path):
     path, truth = tiny_instances(tmp_path, count=2)
     index = read_coco(path, root=tmp_path, images="images")
     image, target = DetectionDataset(index, with_masks=True)[0]
-    # Image 1 has a disc (polygon), a square (compressed RLE) and a crowd (uncompressed RLE): the crowd is not trained on.
+    # Image 1 has a disc (polygon), a square (compressed RLE) and a crowd (uncompressed RLE): the crowd is not
+    # trained on.
     assert target["labels"].tolist() == [index.label_of(5), index.label_of(9)] == [1, 2]
     assert target["masks"].shape == (2, *SIZE)
     assert np.array_equal(target["masks"][0].numpy(), truth[1]) and np.array_equal(target["masks"][1].numpy(), truth[2])
@@ -169,7 +170,9 @@ def test_task_scores_masks_by_their_own_area(parity):
     metrics = task.evaluate_results(boxed, {image["id"] for image in task.ground_truth["images"]})
     assert [round(metrics["scalars"][f"segm_{name}"], 5) for name in STAT_NAMES] == SEGM
     boxes_only = coco_evaluate(task.ground_truth, [{k: v for k, v in r.items() if k != "segmentation"} for r in boxed])
-    assert metrics["scalars"]["AP"] == boxes_only["stats"]["AP"] and metrics["scalars"]["mAP"] == metrics["scalars"]["AP"]
+    assert (
+        metrics["scalars"]["AP"] == boxes_only["stats"]["AP"] and metrics["scalars"]["mAP"] == metrics["scalars"]["AP"]
+    )
     assert set(metrics["per_class"]) == {"bbox", "segm"}
 
 
@@ -238,7 +241,15 @@ def test_predict_writes_rle_results_and_drawn_masks(fitted):
                                  accelerator="cpu")
     records = json.loads(prediction.predictions_file.read_text())
     assert prediction.num_images == 6 and len(list((out / "images").glob("*.jpg"))) == 6
-    assert records and {"image_id", "file_name", "category_id", "category_name", "bbox", "score", "segmentation"} <= set(records[0])
+    assert records and {
+        "image_id",
+        "file_name",
+        "category_id",
+        "category_name",
+        "bbox",
+        "score",
+        "segmentation",
+    } <= set(records[0])
     assert {r["category_name"] for r in records} <= {"disc", "square"}
     for record in records[:20]:
         rle = record["segmentation"]

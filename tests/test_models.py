@@ -65,7 +65,9 @@ def test_lightning_checkpoint_as_weights(tmp_path):
     source = build_model(ModelConfig(name="ssdlite320_mobilenet_v3_large"), num_classes=2, image_size=96)
     path = tmp_path / "run.ckpt"
     torch.save({"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()}}, path)
-    model = pretrained(ModelConfig(name="ssdlite320_mobilenet_v3_large", weights=str(path)), num_classes=2, image_size=96)
+    model = pretrained(
+        ModelConfig(name="ssdlite320_mobilenet_v3_large", weights=str(path)), num_classes=2, image_size=96
+    )
     for key, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
 
@@ -82,4 +84,6 @@ def test_torchvision_weights_offline_say_where_to_put_the_file(tmp_path, monkeyp
 
 def test_unknown_weights_name_lists_the_known_ones():
     with pytest.raises(ConfigError, match="COCO_V1"):
-        pretrained(ModelConfig(name="ssdlite320_mobilenet_v3_large", weights="IMAGENET_V9"), num_classes=2, image_size=96)
+        pretrained(
+            ModelConfig(name="ssdlite320_mobilenet_v3_large", weights="IMAGENET_V9"), num_classes=2, image_size=96
+        )

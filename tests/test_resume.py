@@ -159,7 +159,9 @@ def test_crash_mid_write_leaves_the_previous_checkpoint(tmp_path):
         try:
             signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it by default
             resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
-            AtomicCheckpointIO().save_checkpoint({"state_dict": {"weight": torch.zeros(1_000_000)}, "global_step": 2}, path)
+            AtomicCheckpointIO().save_checkpoint(
+                {"state_dict": {"weight": torch.zeros(1_000_000)}, "global_step": 2}, path
+            )
         finally:
             os._exit(0)
     _, status = os.waitpid(pid, 0)
@@ -288,7 +290,9 @@ def test_images_vanishing_mid_run_stop_it_naming_the_file_with_the_checkpoint_in
     assert code == 2 and "Traceback" not in err
     last_line = err.strip().splitlines()[-1]
     named = last_line.removeprefix("error: ").split(": ")[0]
-    assert Path(named) in images and last_line.endswith(": image file not found (run 'cvtrain check' to list every missing file)")
+    assert Path(named) in images and last_line.endswith(
+        ": image file not found (run 'cvtrain check' to list every missing file)"
+    )
     assert step_of(run / "checkpoints" / "last.ckpt") == STEPS_PER_EPOCH
 
 
@@ -296,7 +300,9 @@ def test_unreadable_images_are_skipped_and_recorded_when_the_spec_says_so(tmp_pa
     spec = write_spec(tmp_path)
     config = load_config(spec, ["data.on_unreadable=skip"])
     train = build_index(config.data).split("train")
-    broken = [train.root / image.file_name for image in train.images[0:6:5]]  # not neighbours, so neither is the other's stand-in
+    broken = [
+        train.root / image.file_name for image in train.images[0:6:5]
+    ]  # not neighbours, so neither is the other's stand-in
     run = tmp_path / "run"
     watcher = break_files_after_first_checkpoint(run, broken, "corrupt")
     with caplog.at_level(logging.WARNING, logger="cvtrain"):

@@ -17,7 +17,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import cvtrain
 from cvtrain.config import AugmentConfig, DataConfig, load_config
-from cvtrain.data.formats.masks import read_mask, read_masks
+from cvtrain.data.files import read_mask
+from cvtrain.data.formats.masks import read_masks
 from cvtrain.data.loading import build_index
 from cvtrain.data.segmentation import SegmentationDataset, class_pixel_statistics, class_weights
 from cvtrain.data.transforms import build_train_transform
@@ -26,7 +27,19 @@ from cvtrain.evaluation.segmentation import confusion_matrix, segmentation_metri
 from cvtrain.tasks.segmentation import SegmentationTask
 
 REPO = Path(__file__).resolve().parents[1]
-CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist"]
+CAMVID_CLASSES = [
+    "Sky",
+    "Building",
+    "Pole",
+    "Road",
+    "Pavement",
+    "Tree",
+    "SignSymbol",
+    "Fence",
+    "Car",
+    "Pedestrian",
+    "Bicyclist",
+]
 # SegNet's median-frequency weights for CamVid's train split (camvid/SOURCE.md, Models/segnet_train.prototxt).
 SEGNET_WEIGHTS = [0.2595, 0.1826, 4.5640, 0.1417, 0.9051, 0.3826, 9.6446, 1.8418, 0.6823, 6.2478, 7.3614]
 COLOURS = {0: [0, 0, 0], 1: [250, 20, 20], 2: [20, 250, 20]}  # background, box, disc
@@ -184,7 +197,9 @@ def test_camvid_loads_as_a_ready_spec(on_shared):
     assert {name: len(index.split(name).images) for name in index.split_names} == {"train": 101, "val": 233}
     assert all((image.width, image.height) == (480, 360) for image in index.images)
     camvid = REPO / "configs" / "datasets" / "camvid.yaml"
-    again = build_index(load_config(REPO / "configs" / "detection" / "quickstart.yaml", on_shared(camvid), data=camvid).data)
+    again = build_index(
+        load_config(REPO / "configs" / "detection" / "quickstart.yaml", on_shared(camvid), data=camvid).data
+    )
     assert [i.file_name for i in again.images] == [i.file_name for i in index.images]
 
 
@@ -200,7 +215,11 @@ def test_median_frequency_weights_match_segnet_loosely(on_shared):
     assert np.all((ratio > 1 / 4) & (ratio < 4)), ratio.round(2)  # every class within a factor of 4
     assert np.corrcoef(np.log(ours), np.log(segnet))[0, 1] > 0.9
     rare = {CAMVID_CLASSES[c] for c in np.argsort(-ours)[:4]}
-    assert rare == {CAMVID_CLASSES[c] for c in np.argsort(-segnet)[:4]} == {"Pole", "SignSymbol", "Pedestrian", "Bicyclist"}
+    assert (
+        rare
+        == {CAMVID_CLASSES[c] for c in np.argsort(-segnet)[:4]}
+        == {"Pole", "SignSymbol", "Pedestrian", "Bicyclist"}
+    )
     inverse = class_weights(pixels, image_pixels, "inverse")
     assert (inverse * pixels).sum() == pytest.approx(pixels.sum())  # balanced: weighted pixels per class all equal
 
@@ -217,7 +236,9 @@ def test_miou_and_per_class_iou_on_a_hand_made_example():
                            [2, 2, 0, 3],
                            [2, 1, 3, 3]])
     names = ["a", "b", "c", "d", "e", "f"]  # d: predicted only under ignore; e: predicted, not true; f: nowhere
-    metrics = segmentation_metrics(confusion_matrix(torch.from_numpy(truth), torch.from_numpy(prediction), 6).numpy(), names)
+    metrics = segmentation_metrics(
+        confusion_matrix(torch.from_numpy(truth), torch.from_numpy(prediction), 6).numpy(), names
+    )
     scored = truth != ignore
     expected = {}
     for label, name in enumerate(names):
@@ -253,7 +274,9 @@ def tiny_spec(tmp: Path, **train) -> Path:
     masks = class_masks(12, seed=3)
     write_pairs(tmp / "data", masks)
     (tmp / "data" / "train.txt").write_text("".join(f"frame_{i:03d}.jpg\n" for i in range(9)))
-    (tmp / "data" / "val.txt").write_text("".join(f"images/frame_{i:03d}.jpg masks/frame_{i:03d}.png\n" for i in range(9, 12)))
+    (tmp / "data" / "val.txt").write_text(
+        "".join(f"images/frame_{i:03d}.jpg masks/frame_{i:03d}.png\n" for i in range(9, 12))
+    )
     spec = {
         "task": "semantic_segmentation",
         "data": {"format": "masks", "root": str(tmp / "data"), "classes": ["background", "box", "disc"],
@@ -359,16 +382,38 @@ def test_cli_evaluate_prints_the_baseline(fitted):
                           capture_output=True, text=True, timeout=300, env=env, cwd=tmp)
     assert done.returncode == 0, done.stderr[-2000:]
     line = next(line for line in done.stdout.splitlines() if line.startswith("3 images:"))
-    assert f"mIoU {result.metrics['mIoU']:.4f}" in line and f"baseline_mIoU {result.metrics['baseline_mIoU']:.4f}" in line
+    assert (
+        f"mIoU {result.metrics['mIoU']:.4f}" in line and f"baseline_mIoU {result.metrics['baseline_mIoU']:.4f}" in line
+    )
 
 
 def test_ddp_counts_each_validation_image_once(tmp_path):
     """Two processes over 3 validation images: the sampler repeats one; the score must equal a single process's."""
     spec = tiny_spec(tmp_path)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "cvtrain", "fit", "-c", str(spec), "--accelerator", "cpu", "--devices", "2",
-                           "--max-steps", "1", "--run-dir", str(tmp_path / "ddp")],
-                          capture_output=True, text=True, timeout=400, env=env, cwd=tmp_path)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cvtrain",
+            "fit",
+            "-c",
+            str(spec),
+            "--accelerator",
+            "cpu",
+            "--devices",
+            "2",
+            "--max-steps",
+            "1",
+            "--run-dir",
+            str(tmp_path / "ddp"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     distributed = json.loads((tmp_path / "ddp" / "metrics.json").read_text())["last"]
     # devices=1: the checkpoint's config remembers --devices 2.

@@ -85,7 +85,7 @@ def explain(error: ValidationError, *, source: str = "<dict>", origin: dict[str,
     Args:
         error: what pydantic raised while validating a ``Config`` or one of its sections.
         source: the file (or ``<dict>``) the values came from.
-        origin: dotted key -> where it was set (an override, an argument, a ``--data`` file), which wins over ``source``.
+        origin: dotted key -> where it was set (an override, an argument, a ``--data`` file); wins over ``source``.
         text: the YAML text of ``source``, to name the line of the key.
         section: the section that was validated on its own (``"data"``, ``"checks"``); None for a whole spec.
 
@@ -117,8 +117,12 @@ def explain(error: ValidationError, *, source: str = "<dict>", origin: dict[str,
         if close:
             hint = f"did you mean '{parent + '.' if parent else ''}{close[0]}'?"
         else:
-            anywhere = difflib.get_close_matches(str(loc[-1]), [k.split(".")[-1] for k in _all_keys()], n=1, cutoff=0.75)
-            full = [k for k in _all_keys() if anywhere and k.endswith("." + anywhere[0]) or k == (anywhere or [None])[0]]
+            anywhere = difflib.get_close_matches(
+                str(loc[-1]), [k.split(".")[-1] for k in _all_keys()], n=1, cutoff=0.75
+            )
+            full = [
+                k for k in _all_keys() if anywhere and k.endswith("." + anywhere[0]) or k == (anywhere or [None])[0]
+            ]
             if full:
                 hint = f"did you mean '{full[0]}'?"
             elif candidates:
@@ -130,9 +134,17 @@ def explain(error: ValidationError, *, source: str = "<dict>", origin: dict[str,
     else:
         value = first.get("input")
         shown = repr(value) if not isinstance(value, (dict, list)) or len(repr(value)) < 60 else type(value).__name__
-        message = f"'{dotted}' = {shown}: {first['msg'].removeprefix('Value error, ')}" if dotted else first["msg"].removeprefix("Value error, ")
+        message = (
+            f"'{dotted}' = {shown}: {first['msg'].removeprefix('Value error, ')}"
+            if dotted
+            else first["msg"].removeprefix("Value error, ")
+        )
         holder = _model_at(loc) if loc else None
         field = holder.model_fields.get(str(loc[-1])) if holder else None
         default = field.default if field is not None else None
-        hint = f"the default is {default!r}" if default not in (None, PydanticUndefined) else "see configs/ for complete specs"
+        hint = (
+            f"the default is {default!r}"
+            if default not in (None, PydanticUndefined)
+            else "see configs/ for complete specs"
+        )
     return ConfigError(message, where=where, hint=hint)

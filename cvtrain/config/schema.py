@@ -85,6 +85,8 @@ class ModelConfig(StrictModel):
 
 
 class OptimizerConfig(StrictModel):
+    """The optimizer and its learning rate (``train.optimizer``)."""
+
     name: Literal["sgd", "adamw", "adam"] = "sgd"
     lr: float = Field(0.01, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
@@ -94,6 +96,8 @@ class OptimizerConfig(StrictModel):
 
 
 class SchedulerConfig(StrictModel):
+    """The learning-rate schedule, stepped per optimizer step (``train.scheduler``)."""
+
     name: Literal["cosine", "multistep", "constant"] = "cosine"
     warmup_steps: int = Field(100, ge=0)  # linear warmup from lr * warmup_factor
     warmup_factor: float = Field(0.001, gt=0.0, le=1.0)
@@ -103,6 +107,8 @@ class SchedulerConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
+    """How long and on what batches training runs, and how it is checkpointed."""
+
     max_epochs: int = Field(12, gt=0)
     max_steps: int = Field(-1, ge=-1)  # -1: no limit
     batch_size: int = Field(4, gt=0)  # per device
@@ -144,6 +150,8 @@ class AugmentConfig(StrictModel):
 
 
 class EvalConfig(StrictModel):
+    """Validation, ``evaluate`` and ``predict``: drawing and batch size."""
+
     score_threshold: float = Field(0.3, ge=0.0, le=1.0)  # boxes drawn by predict and TensorBoard
     num_log_images: int = Field(4, ge=0)  # validation images drawn in TensorBoard each epoch
     batch_size: int | None = Field(None, gt=0)  # defaults to train.batch_size

@@ -55,7 +55,9 @@ def _duplicates_and_conflicts(out: Collector, rows: np.ndarray, labels: np.ndarr
     image = annotations.image_id[rows]
     order = np.lexsort((boxes[:, 3], boxes[:, 2], boxes[:, 1], boxes[:, 0], labels[rows], image))
     sorted_rows = rows[order]
-    same = (np.diff(image[order]) == 0) & (np.diff(labels[rows][order]) == 0) & (np.diff(boxes[order], axis=0) == 0).all(1)
+    same = (
+        (np.diff(image[order]) == 0) & (np.diff(labels[rows][order]) == 0) & (np.diff(boxes[order], axis=0) == 0).all(1)
+    )
     duplicate = sorted_rows[1:][same]
     original = sorted_rows[:-1][same]
     out.add_annotations("box.duplicate", duplicate, lambda shown: (

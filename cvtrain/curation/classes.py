@@ -72,7 +72,10 @@ def class_statistics(out: Collector, usable: np.ndarray, mask_values: dict[int, 
             splits[split]["pixel_share"] = {n: round(v / total, 6) for n, v in zip(names, weight[position].tolist())}
         if ratio is not None and ratio > out.config.max_imbalance:
             unit = "pixels" if semantic else "annotations"
-            most, least = int(np.argmax(weight[position])), int(np.argmin(np.where(weight[position] > 0, weight[position], np.inf)))
+            most, least = (
+                int(np.argmax(weight[position])),
+                int(np.argmin(np.where(weight[position] > 0, weight[position], np.inf))),
+            )
             out.add("class.imbalance", f"split {split!r}: {names[most]!r} has {ratio:.1f}x the {unit} of "
                     f"{names[least]!r}", split=split, file=_source(out))
     if not semantic or mask_values:  # masks not read (check_files off): nothing is known about classes

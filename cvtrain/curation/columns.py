@@ -41,9 +41,6 @@ class ImageColumns:
             split_names=names,
         )
 
-    def split_label(self, row: int) -> str | None:
-        return self.split_names[self.split[row]] if row >= 0 and self.split[row] >= 0 else None
-
 
 @dataclass
 class Polygons:

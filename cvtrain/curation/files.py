@@ -126,7 +126,9 @@ def _check_duplicates(out: Collector, images: dict[int, dict]) -> None:
         if digest in first:
             rows.append(row)
             original = out.index.images[first[digest]]
-            texts.append(f"same bytes as {original.file_name!r}" + (f" (split {original.split!r})" if original.split else ""))
+            texts.append(
+                f"same bytes as {original.file_name!r}" + (f" (split {original.split!r})" if original.split else "")
+            )
         else:
             first[digest] = row
     out.add_images("image.duplicate", rows, texts)

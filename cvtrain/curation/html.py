@@ -14,10 +14,12 @@ if TYPE_CHECKING:
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1200px}
 h1{font-size:22px;margin-bottom:4px} h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
-table{border-collapse:collapse;font-size:13px;margin:8px 0} td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f4f4f4} .error{color:#b00;font-weight:600} .warning{color:#b36b00;font-weight:600} .info{color:#2456a6}
 .badge{display:inline-block;padding:4px 10px;border-radius:4px;margin-right:8px;font-weight:600}
-.b-error{background:#fbe3e3;color:#b00} .b-warning{background:#fdf0d9;color:#8a5200} .b-info{background:#e3ecfb;color:#2456a6}
+.b-error{background:#fbe3e3;color:#b00} .b-warning{background:#fdf0d9;color:#8a5200}
+.b-info{background:#e3ecfb;color:#2456a6}
 .b-ok{background:#e2f5e4;color:#1d6b2a} .muted{color:#666;font-size:12px} img.plot{max-width:100%}
 .crops{display:flex;flex-wrap:wrap;gap:12px} .crop{width:230px;font-size:12px;overflow-wrap:anywhere}
 .crop img{border:1px solid #ccc}
@@ -74,7 +76,9 @@ def _statistics(report: Report) -> str:
                   ("negatives (no annotations)", [s["negatives"] for s in splits.values()])]
     lines.append(("imbalance ratio", [f"{s['imbalance_ratio']:.1f}" if s["imbalance_ratio"] else "-"
                                       for s in splits.values()]))
-    rows = "".join(f"<tr><th>{label}</th>" + "".join(f"<td>{v}</td>" for v in values) + "</tr>" for label, values in lines)
+    rows = "".join(
+        f"<tr><th>{label}</th>" + "".join(f"<td>{v}</td>" for v in values) + "</tr>" for label, values in lines
+    )
     classes = statistics.get("classes", [])
     class_rows = "".join(f"<tr><td>{escape(name)}</td>" + "".join(f"<td>{s['class_counts'].get(name, 0)}</td>"
                                                                   for s in splits.values()) + "</tr>"
@@ -102,9 +106,11 @@ def _crops(report: Report, count: int) -> str:
         picture = crop(root, finding)
         if picture is None:
             continue
-        cells.append(f"<div class='crop'><img alt='{escape(finding.code)}' src='data:image/png;base64,{picture}'>"
-                     f"<div class='{finding.severity}'>{escape(finding.code)}</div>"
-                     f"<div>{escape(_short_location(finding))}</div><div class='muted'>{escape(finding.message)}</div></div>")
+        cells.append(
+            f"<div class='crop'><img alt='{escape(finding.code)}' src='data:image/png;base64,{picture}'>"
+            f"<div class='{finding.severity}'>{escape(finding.code)}</div>"
+            f"<div>{escape(_short_location(finding))}</div><div class='muted'>{escape(finding.message)}</div></div>"
+        )
         if len(cells) == count:
             break
     body = "".join(cells) or "<p>no flagged annotation or image that can be shown</p>"
@@ -124,7 +130,9 @@ def _findings(report: Report, max_rows: int) -> str:
         listed = report.by_code(code)
         severity = report.severities[code]
         more = report.counts[code] - min(len(listed), max_rows)
-        rows = "".join(f"<tr><td>{escape(f.location())}</td><td>{escape(f.message)}</td></tr>" for f in listed[:max_rows])
+        rows = "".join(
+            f"<tr><td>{escape(f.location())}</td><td>{escape(f.message)}</td></tr>" for f in listed[:max_rows]
+        )
         note = f"<p class='muted'>{more} more not shown (see report.json)</p>" if more > 0 else ""
         out.append(f"<h3 id='{code}'><span class='{severity}'>{severity}</span> <code>{code}</code> "
                    f"({report.counts[code]})</h3><p class='muted'>{escape(CODES[code].hint)}</p>"

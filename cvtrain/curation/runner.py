@@ -85,7 +85,9 @@ def add_read_error(out: Collector, error: DataError) -> None:
         out.add("file.unparseable", error.message, hint=error.hint, file=match.group("file"),
                 line=int(match.group("line")), column=int(column) if column else None)
     else:
-        code = "file.unparseable" if error.message.startswith(("invalid", "not UTF-8", "JSON")) else "dataset.unreadable"
+        code = (
+            "file.unparseable" if error.message.startswith(("invalid", "not UTF-8", "JSON")) else "dataset.unreadable"
+        )
         out.add(code, error.message, hint=error.hint, file=where or None)
 
 

@@ -67,7 +67,9 @@ class DetectionDataset(Dataset):
             labels = list(out["labels"])
             if masks is not None:
                 chosen = [int(i) for i in out["indices"]]
-                masks = np.stack([out["masks"][i] for i in chosen]) if chosen else np.zeros((0, *image.shape[:2]), np.uint8)
+                masks = (
+                    np.stack([out["masks"][i] for i in chosen]) if chosen else np.zeros((0, *image.shape[:2]), np.uint8)
+                )
         target: dict[str, Any] = {
             "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),
             "labels": torch.as_tensor(labels, dtype=torch.int64),
@@ -100,8 +102,11 @@ class DetectionDataset(Dataset):
             else:
                 rle = segmentation
             if list(rle["size"]) != [height, width]:
-                raise DataError(f"annotation {annotation.id}: RLE size {list(rle['size'])} is not the image's [{height}, {width}]",
-                                where=str(annotation.source or self.index.root), hint="re-encode the mask at the image size")
+                raise DataError(
+                    f"annotation {annotation.id}: RLE size {list(rle['size'])} is not the image's [{height}, {width}]",
+                    where=str(annotation.source or self.index.root),
+                    hint="re-encode the mask at the image size",
+                )
             masks[row] = mask_utils.decode(rle)
         return masks
 

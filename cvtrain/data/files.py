@@ -105,12 +105,19 @@ def read_image(path: Path) -> np.ndarray:
                 return np.stack([array] * 3, axis=-1)
             return np.asarray(image.convert("RGB"))
     except FileNotFoundError:
-        raise DataError("image file not found", where=str(path), hint="run 'cvtrain check' to list every missing file") from None
+        raise DataError(
+            "image file not found", where=str(path), hint="run 'cvtrain check' to list every missing file"
+        ) from None
     except PermissionError:
-        raise DataError("image file is not readable (permission denied)", where=str(path),
-                        hint="fix the file's permissions for the user running cvtrain") from None
+        raise DataError(
+            "image file is not readable (permission denied)",
+            where=str(path),
+            hint="fix the file's permissions for the user running cvtrain",
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"cannot decode image: {error}", where=str(path), hint="the file is corrupt or truncated; replace it") from None
+        raise DataError(
+            f"cannot decode image: {error}", where=str(path), hint="the file is corrupt or truncated; replace it"
+        ) from None
 
 
 def read_mask(path: Path, num_classes: int, ignore_index: int | None = None,
@@ -128,7 +135,9 @@ def read_mask(path: Path, num_classes: int, ignore_index: int | None = None,
             if mode in ("LA", "PA"):
                 array = array[..., 0]  # the alpha channel is not a label
     except FileNotFoundError:
-        raise DataError("mask file not found", where=str(path), hint="run 'cvtrain check' to list every missing mask") from None
+        raise DataError(
+            "mask file not found", where=str(path), hint="run 'cvtrain check' to list every missing mask"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DataError(f"cannot decode mask: {error}", where=str(path), hint="replace the mask file") from None
     if array.ndim == 3:
@@ -161,6 +170,9 @@ def _colours_to_classes(array: np.ndarray, palette: dict[int, list[int]] | None,
     if unknown.any():
         code = int(codes[unknown][0])
         colour = [code >> 16, (code >> 8) & 255, code & 255]
-        raise DataError(f"mask colour {colour} ({int((codes == code).sum())} px) is not in data.palette", where=str(path),
-                        hint="add the colour to data.palette (under ignore_index if it marks unlabelled pixels)")
+        raise DataError(
+            f"mask colour {colour} ({int((codes == code).sum())} px) is not in data.palette",
+            where=str(path),
+            hint="add the colour to data.palette (under ignore_index if it marks unlabelled pixels)",
+        )
     return np.array([key for _, key in table])[positions]

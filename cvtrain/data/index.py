@@ -24,8 +24,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 
 @dataclass(frozen=True, slots=True)
 class Location:
@@ -91,10 +89,6 @@ class DatasetIndex:
 
     # ----------------------------------------------------------------- lookups
     @cached_property
-    def image_by_id(self) -> dict[int, ImageRecord]:
-        return {image.id: image for image in self.images}
-
-    @cached_property
     def annotations_by_image(self) -> dict[int, list[Annotation]]:
         grouped: dict[int, list[Annotation]] = {image.id: [] for image in self.images}
         for annotation in self.annotations:
@@ -124,9 +118,6 @@ class DatasetIndex:
     def image_path(self, image: ImageRecord) -> Path:
         return self.root / image.file_name
 
-    def mask_path(self, image: ImageRecord) -> Path | None:
-        return self.root / image.mask_file if image.mask_file else None
-
     @property
     def split_names(self) -> list[str]:
         return sorted({image.split for image in self.images if image.split is not None})
@@ -145,20 +136,6 @@ class DatasetIndex:
         return self.subset(image.id for image in self.images if image.split == name)
 
     # ---------------------------------------------------------------- exports
-    def arrays(self) -> dict[str, np.ndarray]:
-        """Columnar view of the annotations, for vectorised checks and statistics."""
-        n = len(self.annotations)
-        boxes = np.empty((n, 4), dtype=np.float64)
-        ids = np.empty(n, dtype=np.int64)
-        image_ids = np.empty(n, dtype=np.int64)
-        category_ids = np.empty(n, dtype=np.int64)
-        for row, annotation in enumerate(self.annotations):
-            boxes[row] = annotation.bbox
-            ids[row] = annotation.id
-            image_ids[row] = annotation.image_id
-            category_ids[row] = annotation.category_id
-        return {"id": ids, "image_id": image_ids, "category_id": category_ids, "bbox": boxes}
-
     def to_coco(self) -> dict[str, Any]:
         """COCO ground truth for pycocotools (``COCO.dataset``)."""
         images = [
@@ -203,7 +180,12 @@ class DatasetIndex:
         for annotation in self.annotations:
             name = split_of.get(annotation.image_id, "unknown")
             per_split.setdefault(name, {"images": 0, "annotations": 0})["annotations"] += 1
-        return {"classes": self.num_classes, "images": len(self.images), "annotations": len(self.annotations), "splits": per_split}
+        return {
+            "classes": self.num_classes,
+            "images": len(self.images),
+            "annotations": len(self.annotations),
+            "splits": per_split,
+        }
 
 
 def merge_indexes(parts: list[DatasetIndex]) -> DatasetIndex:
@@ -233,7 +215,9 @@ def merge_indexes(parts: list[DatasetIndex]) -> DatasetIndex:
                 by_name[new.name] = new
             category_map[category.id] = by_name[category.name].id
         image_offset = (max(used_image_ids) + 1) if used_image_ids & {i.id for i in part.images} else 0
-        annotation_offset = (max(used_annotation_ids) + 1) if used_annotation_ids & {a.id for a in part.annotations} else 0
+        annotation_offset = (
+            (max(used_annotation_ids) + 1) if used_annotation_ids & {a.id for a in part.annotations} else 0
+        )
         for image in part.images:
             moved = replace(image, id=image.id + image_offset)
             if image_offset:

@@ -27,10 +27,16 @@ def build_index(data) -> DatasetIndex:
     root = Path(data.root)
     defaults = FORMAT_DEFAULTS.get(data.format, {})
     if not root.is_dir() and not defaults.get("generated"):
-        raise DataError("dataset root not found", where=str(root), hint="check data.root (relative paths are relative to the spec file)")
+        raise DataError(
+            "dataset root not found",
+            where=str(root),
+            hint="check data.root (relative paths are relative to the spec file)",
+        )
     reader = READERS[data.format]
 
-    def read(annotations: str | None, images: str | None, masks: str | None, names: set[str] | None = None) -> DatasetIndex:
+    def read(
+        annotations: str | None, images: str | None, masks: str | None, names: set[str] | None = None
+    ) -> DatasetIndex:
         source = annotations or data.annotations or defaults.get("annotations")
         return reader(
             root / source if source else None,
@@ -75,7 +81,9 @@ def build_index(data) -> DatasetIndex:
     return index
 
 
-def assign_ratio_split(index: DatasetIndex, val_fraction: float, seed: int, train: str = "train", val: str = "val") -> None:
+def assign_ratio_split(
+    index: DatasetIndex, val_fraction: float, seed: int, train: str = "train", val: str = "val"
+) -> None:
     """Seeded split: the same seed and image set always give the same split."""
     order = sorted(index.images, key=lambda image: image.file_name)
     random.Random(seed).shuffle(order)
@@ -99,7 +107,9 @@ def _listed(index: DatasetIndex, list_file: Path) -> set[int]:
         rows = csv.DictReader(text.splitlines())
         column = next((c for c in rows.fieldnames or [] if c.lower() in ("filename", "file_name", "image")), None)
         if column is None:
-            raise DataError("CSV split list has no 'filename' column", where=str(list_file), hint="name the column 'filename'")
+            raise DataError(
+                "CSV split list has no 'filename' column", where=str(list_file), hint="name the column 'filename'"
+            )
         names = {row[column].strip() for row in rows if row.get(column)}
     else:
         names = {line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")}

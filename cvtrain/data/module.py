@@ -58,7 +58,9 @@ class DataModule(pl.LightningDataModule):
     def _split(self, name: str) -> DatasetIndex:
         part = self.index.split(name)
         if not part.images:
-            known = ", ".join(f"{n} ({len(self.index.split(n).images)} images)" for n in self.index.split_names) or "none"
+            known = (
+                ", ".join(f"{n} ({len(self.index.split(n).images)} images)" for n in self.index.split_names) or "none"
+            )
             raise DataError(f"split '{name}' has no images; splits found: {known}", where=str(self.index.root),
                             hint="set data.splits, data.val_fraction, or data.train_split/val_split")
         return part

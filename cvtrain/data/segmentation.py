@@ -40,8 +40,12 @@ class SegmentationDataset(Dataset):
     def load_mask(self, record: ImageRecord) -> np.ndarray:
         if not record.mask_file:
             raise DataError("image has no mask", where=record.file_name, hint="add its mask or leave the image out")
-        return read_mask(inside_root(self.index.root, record.mask_file, "mask"), self.index.num_classes, self.index.ignore_index,
-                         self.palette)
+        return read_mask(
+            inside_root(self.index.root, record.mask_file, "mask"),
+            self.index.num_classes,
+            self.index.ignore_index,
+            self.palette,
+        )
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, dict[str, Any]]:
         record = self.images[position]
@@ -65,7 +69,9 @@ class SegmentationDataset(Dataset):
         return to_tensor(image), target
 
 
-def class_pixel_statistics(index: DatasetIndex, palette: dict[int, list[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def class_pixel_statistics(
+    index: DatasetIndex, palette: dict[int, list[int]] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per class, over the masks of ``index``: its pixels, and all scored pixels of the images it appears in.
 
     The second count is the denominator of median frequency balancing

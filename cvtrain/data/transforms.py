@@ -39,7 +39,9 @@ def build_train_transform(augment, image_size: int, with_boxes: bool = True, mas
 
 
 def build_eval_transform(augment, image_size: int, with_boxes: bool = True) -> A.Compose:
-    return _compose([A.LongestMaxSize(max_size=image_size, interpolation=cv2.INTER_LINEAR)], augment if with_boxes else None)
+    return _compose(
+        [A.LongestMaxSize(max_size=image_size, interpolation=cv2.INTER_LINEAR)], augment if with_boxes else None
+    )
 
 
 def _compose(steps: list, augment) -> A.Compose:

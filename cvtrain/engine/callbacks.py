@@ -86,9 +86,11 @@ class LossScaleMonitor(pl.Callback):
         if collapsing and not self.warned:
             self.warned = True
             if trainer.is_global_zero:
-                log.warning(f"FP16 loss scale is collapsing ({self.consecutive} consecutive skipped steps, scale {scale:g}, "
-                            f"{self.skipped} of {self.steps} steps skipped): the model overflows FP16; train with "
-                            "--amp bf16 (FP32's range, no scaler), or lower the learning rate")
+                log.warning(
+                    f"FP16 loss scale is collapsing ({self.consecutive} consecutive skipped steps, scale {scale:g}, "
+                    f"{self.skipped} of {self.steps} steps skipped): the model overflows FP16; train with "
+                    "--amp bf16 (FP32's range, no scaler), or lower the learning rate"
+                )
 
     def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         scaler = active_scaler(trainer)

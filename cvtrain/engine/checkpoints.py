@@ -81,19 +81,27 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
         raise CheckpointError("checkpoint not found", where=str(path),
                               hint="give a .ckpt from <run>/checkpoints/, or --resume auto")
     if path.stat().st_size == 0:
-        raise CheckpointError("checkpoint file is empty (0 bytes)", where=str(path), hint="it was never written; use another")
+        raise CheckpointError(
+            "checkpoint file is empty (0 bytes)", where=str(path), hint="it was never written; use another"
+        )
     try:
         # mmap: the tensors are not read, yet a truncated file fails (its zip directory is at the end).
         payload = _load(path, mmap=True)
     except Exception as error:  # truncated, foreign pickles, code: all refused, nothing in them runs
-        raise CheckpointError(f"cannot load checkpoint safely: {load_failure(error)}", where=str(path),
-                              hint="use a checkpoint written by 'cvtrain fit'; checkpoints never run code here") from None
+        raise CheckpointError(
+            f"cannot load checkpoint safely: {load_failure(error)}",
+            where=str(path),
+            hint="use a checkpoint written by 'cvtrain fit'; checkpoints never run code here",
+        ) from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"holds a {type(payload).__name__}, not a checkpoint", where=str(path))
     missing = [key for key in RESUME_KEYS if key not in payload]
     if missing or "config" not in payload["hyper_parameters"]:
-        raise CheckpointError(f"no training state to resume (missing {', '.join(missing) or 'hyper_parameters.config'})",
-                              where=str(path), hint="resume from a checkpoint written by 'cvtrain fit'")
+        raise CheckpointError(
+            f"no training state to resume (missing {', '.join(missing) or 'hyper_parameters.config'})",
+            where=str(path),
+            hint="resume from a checkpoint written by 'cvtrain fit'",
+        )
     return CheckpointInfo(path, int(payload["epoch"]), int(payload["global_step"]), dict(payload["hyper_parameters"]))
 
 
@@ -170,9 +178,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = _load(path)
     except Exception as error:  # truncated files, foreign pickles and non-checkpoints all land here
-        raise CheckpointError(f"cannot load checkpoint safely: {load_failure(error)}", where=str(path),
-                              hint="the file is truncated, not a checkpoint, or holds code; use a .ckpt written by cvtrain") from None
-    if not isinstance(payload, dict) or "state_dict" not in payload or "config" not in payload.get("hyper_parameters", {}):
+        raise CheckpointError(
+            f"cannot load checkpoint safely: {load_failure(error)}",
+            where=str(path),
+            hint="the file is truncated, not a checkpoint, or holds code; use a .ckpt written by cvtrain",
+        ) from None
+    if (
+        not isinstance(payload, dict)
+        or "state_dict" not in payload
+        or "config" not in payload.get("hyper_parameters", {})
+    ):
         raise CheckpointError("not a cvtrain checkpoint (no hyper_parameters.config / state_dict)", where=str(path),
                               hint="give a .ckpt from <run>/checkpoints/")
     return payload
@@ -205,8 +220,11 @@ def load_task(path: str | Path, payload: dict[str, Any] | None = None) -> pl.Lig
     try:
         task.load_state_dict(payload["state_dict"])
     except RuntimeError as error:
-        raise CheckpointError(f"weights do not fit the model: {str(error).splitlines()[1].strip()[:160]}", where=str(path),
-                              hint="the checkpoint was written by another version of the model") from None
+        raise CheckpointError(
+            f"weights do not fit the model: {str(error).splitlines()[1].strip()[:160]}",
+            where=str(path),
+            hint="the checkpoint was written by another version of the model",
+        ) from None
     return task
 
 

@@ -67,7 +67,9 @@ def precision_arguments(config: Config) -> dict[str, Any]:
         return {"precision": "32-true"}
     if amp == "auto":
         if not cuda and is_rank_zero():
-            log.warning("--amp on CPU uses bf16 autocast (FP16 on CPU is slow); pass --amp fp16 to force FP16 with loss scaling")
+            log.warning(
+                "--amp on CPU uses bf16 autocast (FP16 on CPU is slow); pass --amp fp16 to force FP16 with loss scaling"
+            )
         amp = "fp16" if cuda else "bf16"
     if amp == "bf16":
         return {"precision": "bf16-mixed"}
@@ -94,7 +96,11 @@ def device_arguments(config: Config) -> dict[str, Any]:
             raise ConfigError(f"--num-nodes {num_nodes} but the launcher started processes on {nodes} node(s)",
                               hint="leave --num-nodes out under torchrun/srun; cvtrain reads it from the launcher")
         num_nodes = nodes
-    count = devices if isinstance(devices, int) else (torch.cuda.device_count() if devices == "auto" and accelerator != "cpu" else 1)
+    count = (
+        devices
+        if isinstance(devices, int)
+        else (torch.cuda.device_count() if devices == "auto" and accelerator != "cpu" else 1)
+    )
     strategy = spec.strategy
     if strategy == "auto" and (count > 1 or num_nodes > 1):
         strategy = "ddp_notebook" if _in_notebook() else "ddp"
@@ -128,8 +134,16 @@ class ProgressBar(TQDMProgressBar):
             print(file=sys.stderr, flush=True)
 
 
-def build_trainer(config: Config, run_dir: Path, *, callbacks: list[pl.Callback] | None = None, monitor: str = "val/mAP",
-                  logger: bool = True, checkpoints: bool = True, **overrides: Any) -> pl.Trainer:
+def build_trainer(
+    config: Config,
+    run_dir: Path,
+    *,
+    callbacks: list[pl.Callback] | None = None,
+    monitor: str = "val/mAP",
+    logger: bool = True,
+    checkpoints: bool = True,
+    **overrides: Any,
+) -> pl.Trainer:
     """The Lightning ``Trainer`` for ``config``, writing into ``run_dir``."""
     train = config.train
     saving: list[pl.Callback] = [ModelCheckpoint(
@@ -152,10 +166,16 @@ def build_trainer(config: Config, run_dir: Path, *, callbacks: list[pl.Callback]
         check_val_every_n_epoch=train.val_every_n_epochs,
         log_every_n_steps=config.trainer.log_every_n_steps,
         fast_dev_run=config.trainer.fast_dev_run,
-        callbacks=[*saving, *([LearningRateMonitor(logging_interval="step")] if logger else []), ProgressBar(),
-                   *(callbacks or [])],
+        callbacks=[
+            *saving,
+            *([LearningRateMonitor(logging_interval="step")] if logger else []),
+            ProgressBar(),
+            *(callbacks or []),
+        ],
         enable_checkpointing=checkpoints,
-        logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False) if logger else False,
+        logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
+        if logger
+        else False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )

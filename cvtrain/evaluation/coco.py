@@ -22,7 +22,9 @@ def coco_from_dict(dataset: dict[str, Any]) -> COCO:
     return coco
 
 
-def coco_evaluate(ground_truth: dict[str, Any] | COCO, results: Sequence[dict[str, Any]], iou_type: str = "bbox") -> dict[str, Any]:
+def coco_evaluate(
+    ground_truth: dict[str, Any] | COCO, results: Sequence[dict[str, Any]], iou_type: str = "bbox"
+) -> dict[str, Any]:
     """Run pycocotools' ``COCOeval`` with default parameters.
 
     Args:
@@ -40,7 +42,9 @@ def coco_evaluate(ground_truth: dict[str, Any] | COCO, results: Sequence[dict[st
         if results:
             dt = gt.loadRes([dict(r) for r in results])
         else:  # pycocotools cannot load an empty result list; an empty COCO scores 0 where GT exists
-            dt = coco_from_dict({"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": []})
+            dt = coco_from_dict(
+                {"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": []}
+            )
         evaluator = COCOeval(gt, dt, iou_type)
         evaluator.evaluate()
         evaluator.accumulate()

@@ -25,7 +25,9 @@ def freeze_backbone(model: nn.Module, trainable_layers: int | None) -> None:
             if not any(name.startswith(prefix) for prefix in train):
                 parameter.requires_grad_(False)
     else:  # MobileNetV3: stages end where a block changes resolution (``_is_cn``)
-        stages = [0] + [i for i, (_, child) in enumerate(children) if getattr(child, "_is_cn", False)] + [len(children) - 1]
+        stages = (
+            [0] + [i for i, (_, child) in enumerate(children) if getattr(child, "_is_cn", False)] + [len(children) - 1]
+        )
         trainable = min(trainable, len(stages))
         freeze_before = len(children) if trainable == 0 else stages[len(stages) - trainable]
         for _, child in children[:freeze_before]:

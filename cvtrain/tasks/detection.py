@@ -137,13 +137,17 @@ class DetectionTask(pl.LightningModule):
                                           labels=[self.class_names[i - 1] for i in target["labels"].tolist()])
         return self._draw_output(picture, output, scale=(1.0, 1.0))
 
-    def draw_prediction(self, original: torch.Tensor, output: dict[str, torch.Tensor], meta: dict[str, Any]) -> torch.Tensor:
+    def draw_prediction(
+        self, original: torch.Tensor, output: dict[str, torch.Tensor], meta: dict[str, Any]
+    ) -> torch.Tensor:
         """Predictions drawn on the original image (``output`` is in the resized image's pixels)."""
         (orig_h, orig_w), (h, w) = meta["orig_size"], meta["size"]
         picture = (original.clamp(0, 1) * 255).to(torch.uint8)
         return self._draw_output(picture, output, scale=(orig_w / w, orig_h / h))
 
-    def _draw_output(self, picture: torch.Tensor, output: dict[str, torch.Tensor], scale: tuple[float, float]) -> torch.Tensor:
+    def _draw_output(
+        self, picture: torch.Tensor, output: dict[str, torch.Tensor], scale: tuple[float, float]
+    ) -> torch.Tensor:
         keep = output["scores"].detach().cpu() >= self.config.eval.score_threshold
         if keep.any():
             sx, sy = scale

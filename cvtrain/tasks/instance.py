@@ -75,7 +75,9 @@ class InstanceSegmentationTask(DetectionTask):
         metrics["scalars"]["mAP"] = metrics["scalars"]["AP"]
         return metrics
 
-    def _draw_output(self, picture: torch.Tensor, output: dict[str, torch.Tensor], scale: tuple[float, float]) -> torch.Tensor:
+    def _draw_output(
+        self, picture: torch.Tensor, output: dict[str, torch.Tensor], scale: tuple[float, float]
+    ) -> torch.Tensor:
         """Masks of the detections above ``eval.score_threshold``, then their boxes (DetectionTask)."""
         keep = output["scores"].detach().cpu() >= self.config.eval.score_threshold
         if keep.any():

@@ -29,7 +29,7 @@ log = logging.getLogger("cvtrain")
 # torchvision's segmentation weights were trained on ImageNet-normalised inputs; its models do not normalise.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-AUX_WEIGHT = 0.5  # torchvision's segmentation reference weighs the auxiliary head's loss so
+AUX_WEIGHT = 0.5  # torchvision's segmentation reference weighs the auxiliary head's loss by half
 
 
 def colour_table(num_classes: int, palette: dict[int, list[int]] | None = None) -> np.ndarray:
@@ -196,7 +196,11 @@ class SegmentationTask(pl.LightningModule):
     def draw(self, image: torch.Tensor, prediction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
         """The image, the true mask and the predicted mask side by side (CHW uint8)."""
         picture = (image.detach().float().cpu().clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
-        panels = [picture, colourise(truth.cpu().numpy(), self.colours), colourise(prediction.cpu().numpy(), self.colours)]
+        panels = [
+            picture,
+            colourise(truth.cpu().numpy(), self.colours),
+            colourise(prediction.cpu().numpy(), self.colours),
+        ]
         return torch.from_numpy(np.concatenate(panels, axis=1)).permute(2, 0, 1)
 
     # ---------------------------------------------------------------- predict
@@ -206,7 +210,11 @@ class SegmentationTask(pl.LightningModule):
         prediction = self.predict_mask(output["logits"], meta["orig_size"]).cpu().numpy()
         prediction = prediction.astype(mask_dtype(len(self.class_names), self.config.data.ignore_index))
         colour = colourise(prediction, self.colours)
-        files = {"mask": f"masks/{path.stem}.png", "colour_mask": f"colour/{path.stem}.png", "overlay": f"images/{path.stem}.jpg"}
+        files = {
+            "mask": f"masks/{path.stem}.png",
+            "colour_mask": f"colour/{path.stem}.png",
+            "overlay": f"images/{path.stem}.jpg",
+        }
         for folder in ("masks", "colour", "images"):
             (out_dir / folder).mkdir(parents=True, exist_ok=True)
         Image.fromarray(prediction).save(out_dir / files["mask"])

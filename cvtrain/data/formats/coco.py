@@ -15,7 +15,9 @@ from cvtrain.errors import DataError
 def load_json(path: Path) -> Any:
     """Parse a JSON file, turning every way it can fail into one ``DataError`` line."""
     if not path.is_file():
-        raise DataError("annotation file not found", where=str(path), hint="check data.root and the annotation path in the spec")
+        raise DataError(
+            "annotation file not found", where=str(path), hint="check data.root and the annotation path in the spec"
+        )
     raw = path.read_bytes()
     if not raw.strip():
         raise DataError("annotation file is empty", where=str(path), hint="export the annotations again")
@@ -30,7 +32,11 @@ def load_json(path: Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise DataError(f"invalid JSON: {error.msg}", where=f"{path}:{error.lineno}:{error.colno}", hint="fix the syntax at that position") from None
+        raise DataError(
+            f"invalid JSON: {error.msg}",
+            where=f"{path}:{error.lineno}:{error.colno}",
+            hint="fix the syntax at that position",
+        ) from None
     except RecursionError:
         raise DataError("JSON nested too deeply", where=str(path), hint="this is not a COCO annotation file") from None
 
@@ -55,19 +61,36 @@ def read_coco(annotation_file: Path, *, root: Path, images: str | None = "", **_
     """
     data = load_json(annotation_file)
     hint = "see https://cocodataset.org/#format-data for the layout"
-    _require(isinstance(data, dict), annotation_file, f"top level is a {type(data).__name__}, expected an object with 'images' and 'categories'", hint)
+    _require(
+        isinstance(data, dict),
+        annotation_file,
+        f"top level is a {type(data).__name__}, expected an object with 'images' and 'categories'",
+        hint,
+    )
     for key in ("images", "categories"):
         _require(key in data, annotation_file, f"missing key '{key}'", hint)
-        _require(isinstance(data[key], list), annotation_file, f"'{key}' is a {type(data[key]).__name__}, expected a list", hint)
+        _require(
+            isinstance(data[key], list),
+            annotation_file,
+            f"'{key}' is a {type(data[key]).__name__}, expected a list",
+            hint,
+        )
     raw_annotations = data.get("annotations", [])
-    _require(isinstance(raw_annotations, list), annotation_file, f"'annotations' is a {type(raw_annotations).__name__}, expected a list", hint)
+    _require(
+        isinstance(raw_annotations, list),
+        annotation_file,
+        f"'annotations' is a {type(raw_annotations).__name__}, expected a list",
+        hint,
+    )
     source = Location(str(annotation_file))
 
     categories = []
     for position, raw in enumerate(data["categories"]):
         _require(isinstance(raw, dict) and isinstance(raw.get("id"), int) and not isinstance(raw.get("id"), bool),
                  annotation_file, f"categories[{position}] needs an integer 'id'", hint)
-        _require(isinstance(raw.get("name"), str), annotation_file, f"category id {raw['id']} needs a string 'name'", hint)
+        _require(
+            isinstance(raw.get("name"), str), annotation_file, f"category id {raw['id']} needs a string 'name'", hint
+        )
         categories.append(Category(raw["id"], raw["name"], raw.get("supercategory")))
 
     image_dir = images or ""
@@ -84,7 +107,9 @@ def read_coco(annotation_file: Path, *, root: Path, images: str | None = "", **_
         records.append(
             ImageRecord(
                 id=raw["id"],
-                file_name=posixpath.normpath(posixpath.join(image_dir, raw["file_name"])) if image_dir else raw["file_name"],
+                file_name=posixpath.normpath(posixpath.join(image_dir, raw["file_name"]))
+                if image_dir
+                else raw["file_name"],
                 width=int(width) if width is not None else None,
                 height=int(height) if height is not None else None,
                 source=source,
@@ -97,8 +122,12 @@ def read_coco(annotation_file: Path, *, root: Path, images: str | None = "", **_
         _require(isinstance(raw, dict), annotation_file, f"{label} is not an object", hint)
         for key in ("id", "image_id", "category_id"):
             value = raw.get(key)
-            _require(isinstance(value, int) and not isinstance(value, bool),
-                     annotation_file, f"{label} (id {raw.get('id')!r}): '{key}' is {value!r}, expected an integer", hint)
+            _require(
+                isinstance(value, int) and not isinstance(value, bool),
+                annotation_file,
+                f"{label} (id {raw.get('id')!r}): '{key}' is {value!r}, expected an integer",
+                hint,
+            )
         label = f"annotation id {raw['id']}"
         bbox = raw.get("bbox")
         segmentation = raw.get("segmentation")
@@ -107,7 +136,9 @@ def read_coco(annotation_file: Path, *, root: Path, images: str | None = "", **_
         _require(isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox),
                  annotation_file, f"{label}: 'bbox' is {bbox!r}, expected [x, y, width, height]", hint)
         area = raw.get("area")
-        _require(area is None or _number(area), annotation_file, f"{label}: 'area' is {area!r}, expected a number", hint)
+        _require(
+            area is None or _number(area), annotation_file, f"{label}: 'area' is {area!r}, expected a number", hint
+        )
         annotations.append(
             Annotation(
                 id=raw["id"],

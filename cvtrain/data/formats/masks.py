@@ -21,7 +21,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from cvtrain.data.files import IMAGE_SUFFIXES, MAX_MASK_VALUE
+from cvtrain.data.files import IMAGE_SUFFIXES, MAX_MASK_VALUE, inside_root
 from cvtrain.data.formats import register_reader
 from cvtrain.data.index import Category, DatasetIndex, ImageRecord, Location
 from cvtrain.errors import DataError
@@ -44,7 +44,9 @@ def _files(folder: Path, suffix: str, exclude_suffix: str = "") -> dict[str, Pat
     return found
 
 
-def _check_table(classes: list[str], ignore_index: int | None, palette: dict[int, list[int]] | None, where: str) -> None:
+def _check_table(
+    classes: list[str], ignore_index: int | None, palette: dict[int, list[int]] | None, where: str
+) -> None:
     if ignore_index is not None and not (len(classes) <= ignore_index <= MAX_MASK_VALUE):
         raise DataError(f"data.ignore_index {ignore_index} is {'a class index' if ignore_index >= 0 else 'negative'}",
                         where=where, hint=f"use a mask value above the classes 0..{len(classes) - 1}, e.g. 255")
@@ -56,8 +58,11 @@ def _check_table(classes: list[str], ignore_index: int | None, palette: dict[int
         if len(colour) != 3 or not all(0 <= c <= 255 for c in colour):
             raise DataError(f"data.palette[{key}] is {colour}, expected [r, g, b] in 0..255", where=where)
         if tuple(colour) in seen:
-            raise DataError(f"data.palette gives colour {colour} to classes {seen[tuple(colour)]} and {key}", where=where,
-                            hint="each colour must mean one class")
+            raise DataError(
+                f"data.palette gives colour {colour} to classes {seen[tuple(colour)]} and {key}",
+                where=where,
+                hint="each colour must mean one class",
+            )
         seen[tuple(colour)] = key
 
 
@@ -87,11 +92,11 @@ def read_masks(annotation_file: Path | None, *, root: Path, images: str = "image
                         hint="list the class names in mask-value order, e.g. classes: [sky, road, car]")
     _check_table(classes, ignore_index, palette, where)
     image_dir, mask_dir = root / (images or ""), root / (masks or "masks")
-    for kind, folder in (("image", image_dir), ("mask", mask_dir)):
+    for kind, name, folder in (("image", images or "", image_dir), ("mask", masks or "masks", mask_dir)):
         if not folder.is_dir():
-            raise DataError(f"{kind} folder not found", where=str(folder), hint=f"check data.{kind}s (relative to data.root)")
-        if not folder.resolve().is_relative_to(root.resolve()):
-            raise DataError(f"{kind} folder is outside the dataset root", where=str(folder), hint="keep it below data.root")
+            raise DataError(f"{kind} folder not found", where=str(folder),
+                            hint=f"check data.{kind}s (relative to data.root)")
+        inside_root(root, name, f"{kind} folder")
     if image_dir.resolve() == mask_dir.resolve() and not mask_suffix:
         raise DataError("images and masks share one folder but options.mask_suffix is not set", where=str(image_dir),
                         hint="set data.options.mask_suffix to the ending of mask names, e.g. _mask")
@@ -102,8 +107,11 @@ def read_masks(annotation_file: Path | None, *, root: Path, images: str = "image
         raise DataError("no images found", where=str(image_dir), hint=f"supported: {', '.join(IMAGE_SUFFIXES)}")
     if not set(image_files) & set(mask_files):
         example = next(iter(image_files))
-        raise DataError(f"no image has a mask (e.g. no mask named {example}{mask_suffix}.png)", where=str(mask_dir),
-                        hint="masks pair with images by name; set data.options.image_suffix/mask_suffix if the names differ")
+        raise DataError(
+            f"no image has a mask (e.g. no mask named {example}{mask_suffix}.png)",
+            where=str(mask_dir),
+            hint="masks pair with images by name; set data.options.image_suffix/mask_suffix if the names differ",
+        )
     source = Location(str(mask_dir))
     records = []
     for image_id, (key, path) in enumerate(sorted(image_files.items()), start=1):

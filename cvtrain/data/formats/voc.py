@@ -21,11 +21,17 @@ def _text(element: ET.Element | None, tag: str) -> str | None:
 def _coordinate(obj: ET.Element, tag: str, where: str) -> float:
     value = _text(obj.find("bndbox"), tag)
     if value is None:
-        raise DataError(f"object without bndbox/{tag}", where=where, hint="every <object> needs <bndbox> with xmin, ymin, xmax, ymax")
+        raise DataError(
+            f"object without bndbox/{tag}",
+            where=where,
+            hint="every <object> needs <bndbox> with xmin, ymin, xmax, ymax",
+        )
     try:
         return float(value)
     except ValueError:
-        raise DataError(f"bndbox/{tag} is {value!r}, expected a number", where=where, hint="fix the coordinate") from None
+        raise DataError(
+            f"bndbox/{tag} is {value!r}, expected a number", where=where, hint="fix the coordinate"
+        ) from None
 
 
 def _parse(path: Path) -> ET.Element:
@@ -33,8 +39,11 @@ def _parse(path: Path) -> ET.Element:
         return ET.parse(path).getroot()
     except ET.ParseError as error:
         line, column = error.position
-        raise DataError(f"invalid XML: {error.msg if hasattr(error, 'msg') else error}", where=f"{path}:{line}:{column + 1}",
-                        hint="fix the syntax at that position") from None
+        raise DataError(
+            f"invalid XML: {error.msg if hasattr(error, 'msg') else error}",
+            where=f"{path}:{line}:{column + 1}",
+            hint="fix the syntax at that position",
+        ) from None
 
 
 @register_reader("voc")
@@ -52,7 +61,9 @@ def read_voc(annotation_dir: Path, *, root: Path, images: str = "JPEGImages", cl
         names: only read the XML files whose stem is in this set.
     """
     if not annotation_dir.is_dir():
-        raise DataError("annotation folder not found", where=str(annotation_dir), hint="check data.root and the annotations path")
+        raise DataError(
+            "annotation folder not found", where=str(annotation_dir), hint="check data.root and the annotations path"
+        )
     files = sorted(annotation_dir.glob("*.xml"))
     if names is not None:
         files = [f for f in files if f.stem in names]
@@ -63,7 +74,9 @@ def read_voc(annotation_dir: Path, *, root: Path, images: str = "JPEGImages", cl
     for path in files:
         element = _parse(path)
         if element.tag != "annotation":
-            raise DataError(f"root element is <{element.tag}>, expected <annotation>", where=str(path), hint="not a VOC file")
+            raise DataError(
+                f"root element is <{element.tag}>, expected <annotation>", where=str(path), hint="not a VOC file"
+            )
         parsed.append((path, element))
         found_names.update(_text(obj, "name") or "" for obj in element.findall("object"))
     class_names = list(classes) if classes else sorted(n for n in found_names if n)
@@ -80,7 +93,9 @@ def read_voc(annotation_dir: Path, *, root: Path, images: str = "JPEGImages", cl
             width_value = int(float(width)) if width else None
             height_value = int(float(height)) if height else None
         except ValueError:
-            raise DataError(f"size is {width!r} x {height!r}, expected integers", where=where, hint="fix <size>") from None
+            raise DataError(
+                f"size is {width!r} x {height!r}, expected integers", where=where, hint="fix <size>"
+            ) from None
         image_records.append(
             ImageRecord(
                 id=image_id,
@@ -105,7 +120,11 @@ def read_voc(annotation_dir: Path, *, root: Path, images: str = "JPEGImages", cl
                     category_id=category_id.get(name, -1),
                     bbox=(x, y, xmax - x, ymax - y),
                     source=Location(where),
-                    extra={"name": name, "difficult": _text(obj, "difficult") == "1", "truncated": _text(obj, "truncated") == "1"},
+                    extra={
+                        "name": name,
+                        "difficult": _text(obj, "difficult") == "1",
+                        "truncated": _text(obj, "truncated") == "1",
+                    },
                 )
             )
     return DatasetIndex(root=root, categories=categories, images=image_records, annotations=annotations,
