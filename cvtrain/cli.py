@@ -39,6 +39,7 @@ def _devices(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``cvtrain`` argument parser: one subcommand per verb of the API."""
     parser = argparse.ArgumentParser(
         prog="cvtrain", description="Config-driven training for detection and segmentation."
     )

@@ -18,6 +18,7 @@ class CvtrainError(Exception):
         super().__init__(self.one_line())
 
     def one_line(self) -> str:
+        """``where: what (hint)``: what the CLI prints after ``error:``."""
         text = f"{self.where}: {self.message}" if self.where else self.message
         if self.hint:
             text += f" ({self.hint})"

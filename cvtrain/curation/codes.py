@@ -15,6 +15,8 @@ SEVERITIES: tuple[str, ...] = ("error", "warning", "info")
 
 @dataclass(frozen=True)
 class CheckCode:
+    """A check code: its name, default severity, what it means and the key that tunes it."""
+
     code: str
     severity: Severity
     title: str
@@ -26,6 +28,7 @@ CODES: dict[str, CheckCode] = {}
 
 
 def register_code(code: str, severity: Severity, title: str, hint: str, threshold: str | None = None) -> None:
+    """Add a check code to ``CODES``; a duplicate code is refused (``ValueError``)."""
     if code in CODES:
         raise ValueError(f"check code {code!r} is already registered")
     CODES[code] = CheckCode(code, severity, title, hint, threshold)

@@ -21,6 +21,8 @@ NO_IMAGE = -1
 
 @dataclass
 class ImageColumns:
+    """The images of an index as NumPy columns (id, size, split), row-aligned with ``index.images``."""
+
     id: np.ndarray  # int64
     width: np.ndarray  # float64, NaN when unknown
     height: np.ndarray
@@ -29,6 +31,7 @@ class ImageColumns:
 
     @classmethod
     def of(cls, index: DatasetIndex) -> ImageColumns:
+        """Build the columns of ``index``."""
         images = index.images
         n = len(images)
         names = sorted({image.split for image in images if image.split is not None})
@@ -55,6 +58,8 @@ class Polygons:
 
 @dataclass
 class AnnotationColumns:
+    """The annotations of an index as NumPy columns (boxes, ids, rows of their images and categories)."""
+
     id: np.ndarray  # int64
     image_id: np.ndarray
     category_id: np.ndarray
@@ -69,6 +74,7 @@ class AnnotationColumns:
 
     @classmethod
     def of(cls, index: DatasetIndex, images: ImageColumns) -> AnnotationColumns:
+        """Build the columns of ``index``."""
         annotations = index.annotations
         n = len(annotations)
         image_id = np.fromiter(map(attrgetter("image_id"), annotations), np.int64, n)
@@ -91,6 +97,7 @@ class AnnotationColumns:
         )
 
     def polygons(self) -> Polygons:
+        """Every polygon of every annotation, flattened (built on first use)."""
         rows = self.polygon_rows
         lists = [self.segmentations[row] for row in rows.tolist()]
         counts = np.fromiter(map(len, lists), np.int64, len(lists))

@@ -120,16 +120,19 @@ class DecodeCache:
                 self.entries = {}  # a broken cache is only a slower run
 
     def get(self, path: str, kind: str) -> dict | None:
+        """The cached entry of ``path`` (None when absent or the cache is off)."""
         entry = self.entries.get(path) if self.enabled else None
         return entry if entry is not None and entry.get("kind") == kind else None
 
     def put(self, path: str, kind: str, result: dict) -> None:
+        """Remember ``result`` for ``path`` under ``key``."""
         if self.enabled and result.get("key") and not result.get("cached"):
             stored = {k: v for k, v in result.items() if k not in ("key", "cached")}
             self.entries[path] = {"kind": kind, "key": result["key"], "result": stored}
             self.changed = True
 
     def save(self) -> None:
+        """Write the cache atomically if anything changed."""
         if not (self.enabled and self.changed):
             return
         try:

@@ -87,6 +87,7 @@ def _check_sizes(out: Collector, facts: FileFacts) -> None:
     rows = np.flatnonzero(known & ((declared_w != facts.width) | (declared_h != facts.height)))
 
     def messages(shown: np.ndarray) -> list[str]:
+        """One message per unreadable file: missing, unreadable or undecodable, with the decoder's reason."""
         texts = []
         for row in shown.tolist():
             text = (f"annotations say {declared_w[row]:.0f}x{declared_h[row]:.0f}, "

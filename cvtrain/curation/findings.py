@@ -57,6 +57,7 @@ class Finding:
         return ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
+        """The finding as plain JSON data."""
         location = {"file": self.file, "line": self.line, "column": self.column, "image": self.image,
                     "image_id": self.image_id, "annotation_id": self.annotation_id, "split": self.split}
         return {"severity": self.severity, "code": self.code, "message": self.message, "hint": self.hint,
@@ -85,6 +86,7 @@ class Collector:
         return self.config.severity_overrides.get(code, CODES[code].severity)
 
     def enabled(self, code: str) -> bool:
+        """False when ``checks.severity_overrides`` turns ``code`` off."""
         return self.severity(code) != "off"
 
     def _room(self, code: str, severity: str) -> int:
@@ -147,4 +149,5 @@ class Collector:
         return location
 
     def sorted_findings(self) -> list[Finding]:
+        """Every finding kept, errors first, then by code and location."""
         return sorted(self.findings, key=lambda f: (SEVERITY_ORDER[f.severity], f.code))

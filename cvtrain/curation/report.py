@@ -42,14 +42,17 @@ class Report:
 
     # ------------------------------------------------------------ summaries
     def count(self, severity: str) -> int:
+        """How many findings of ``severity`` (``error``, ``warning``, ``info``) were found, listed or not."""
         return sum(n for code, n in self.counts.items() if self.severities[code] == severity)
 
     @property
     def errors(self) -> list[Finding]:
+        """The listed findings of severity ``error``."""
         return [f for f in self.findings if f.severity == "error"]
 
     @property
     def warnings(self) -> list[Finding]:
+        """The listed findings of severity ``warning``."""
         return [f for f in self.findings if f.severity == "warning"]
 
     @property
@@ -64,6 +67,7 @@ class Report:
         return sorted(self.counts, key=lambda code: (SEVERITY_ORDER[self.severities[code]], code))
 
     def by_code(self, code: str) -> list[Finding]:
+        """The listed findings of one check code."""
         return [f for f in self.findings if f.code == code]
 
     def summary_table(self) -> str:
@@ -106,6 +110,7 @@ class Report:
         }
 
     def to_json(self, indent: int | None = 1) -> str:
+        """The report as JSON text (``report.json``)."""
         return json.dumps(self.to_dict(), indent=indent, default=_plain)
 
     # ---------------------------------------------------------------- files
@@ -132,6 +137,7 @@ class Report:
         return lines
 
     def to_html(self, *, max_rows: int = 200, crops: bool = True) -> str:
+        """The report as a self-contained HTML page (plots and crops embedded)."""
         from cvtrain.curation.html import render_html
 
         return render_html(self, max_rows=max_rows, crops=crops)

@@ -29,6 +29,7 @@ def repeated_rows(keys: np.ndarray) -> np.ndarray:
 
 
 def check_ids(out: Collector) -> None:
+    """Image and annotation ids: duplicates, annotations of unknown images or categories."""
     images, annotations, index = out.images, out.annotations, out.index
     rows = repeated_rows(images.id)
     first = dict(zip(images.id[::-1].tolist(), range(len(images.id) - 1, -1, -1))) if len(rows) else {}
@@ -85,6 +86,7 @@ def check_boxes(out: Collector, width: np.ndarray, height: np.ndarray) -> np.nda
 
 
 def format_box(box: np.ndarray) -> str:
+    """A box as ``[x, y, w, h]`` with short numbers, for messages."""
     return "[" + ", ".join(f"{v:.6g}" for v in box) + "]"
 
 

@@ -39,6 +39,7 @@ class DetectionDataset(Dataset):
         return len(self.images)
 
     def load(self, record: ImageRecord) -> np.ndarray:
+        """The image of ``record`` as an RGB uint8 array (read through ``data.files``)."""
         return read_image(inside_root(self.index.root, record.file_name))
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -35,6 +35,7 @@ def ignore_value(num_classes: int, ignore_index: int | None) -> int:
 
 
 def mask_dtype(num_classes: int, ignore_index: int | None) -> type:
+    """uint8 when every class and the ignore value fit in 8 bits, else uint16."""
     return np.uint8 if max(num_classes - 1, ignore_value(num_classes, ignore_index)) < 256 else np.uint16
 
 

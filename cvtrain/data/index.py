@@ -44,6 +44,8 @@ class Location:
 
 @dataclass(slots=True)
 class Category:
+    """A class: its id in the annotation files and its name."""
+
     id: int
     name: str
     supercategory: str | None = None
@@ -51,6 +53,8 @@ class Category:
 
 @dataclass(slots=True)
 class ImageRecord:
+    """An image: id, path relative to the root, size, split, mask path and where it was read from."""
+
     id: int
     file_name: str
     width: int | None = None
@@ -63,6 +67,8 @@ class ImageRecord:
 
 @dataclass(slots=True)
 class Annotation:
+    """One object: its image, category, xywh box, crowd flag, segmentation and where it was read from."""
+
     id: int
     image_id: int
     category_id: int
@@ -90,6 +96,7 @@ class DatasetIndex:
     # ----------------------------------------------------------------- lookups
     @cached_property
     def annotations_by_image(self) -> dict[int, list[Annotation]]:
+        """Annotations grouped by image id (every image present, possibly empty)."""
         grouped: dict[int, list[Annotation]] = {image.id: [] for image in self.images}
         for annotation in self.annotations:
             grouped.setdefault(annotation.image_id, []).append(annotation)
@@ -101,10 +108,12 @@ class DatasetIndex:
 
     @property
     def class_names(self) -> list[str]:
+        """Category names in label order."""
         return [category.name for category in self.categories]
 
     @property
     def num_classes(self) -> int:
+        """Number of categories (without background)."""
         return len(self.categories)
 
     def label_of(self, category_id: int) -> int:
@@ -116,10 +125,12 @@ class DatasetIndex:
         return self.categories[label - 1].id
 
     def image_path(self, image: ImageRecord) -> Path:
+        """The image file of ``image`` below the root (not checked: see ``data.files.inside_root``)."""
         return self.root / image.file_name
 
     @property
     def split_names(self) -> list[str]:
+        """The names of the splits images are assigned to, sorted."""
         return sorted({image.split for image in self.images if image.split is not None})
 
     # ------------------------------------------------------------------ views
@@ -133,6 +144,7 @@ class DatasetIndex:
         )
 
     def split(self, name: str) -> DatasetIndex:
+        """The images of split ``name`` and their annotations, as a new index."""
         return self.subset(image.id for image in self.images if image.split == name)
 
     # ---------------------------------------------------------------- exports
@@ -173,6 +185,7 @@ class DatasetIndex:
         return "sha256:" + digest.hexdigest()
 
     def summary(self) -> dict[str, Any]:
+        """Counts for ``run.json``: images, annotations and classes per split."""
         per_split: dict[str, dict[str, int]] = {}
         split_of = {image.id: image.split or "all" for image in self.images}
         for image in self.images:

@@ -37,6 +37,7 @@ def build_index(data) -> DatasetIndex:
     def read(
         annotations: str | None, images: str | None, masks: str | None, names: set[str] | None = None
     ) -> DatasetIndex:
+        """Read one part of the dataset with the format's reader and the spec's defaults."""
         source = annotations or data.annotations or defaults.get("annotations")
         return reader(
             root / source if source else None,

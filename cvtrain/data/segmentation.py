@@ -38,6 +38,7 @@ class SegmentationDataset(Dataset):
         return len(self.images)
 
     def load_mask(self, record: ImageRecord) -> np.ndarray:
+        """The class-index mask of ``record`` (read through ``data.files``)."""
         if not record.mask_file:
             raise DataError("image has no mask", where=record.file_name, hint="add its mask or leave the image out")
         return read_mask(
@@ -81,6 +82,7 @@ def class_pixel_statistics(
     classes = index.num_classes
 
     def count(record: ImageRecord) -> np.ndarray:
+        """Class pixel counts of one mask, and the pixels of its image."""
         mask = dataset.load_mask(record)
         return np.bincount(mask[mask < classes].ravel(), minlength=classes)
 

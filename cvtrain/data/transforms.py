@@ -18,6 +18,7 @@ def _bbox_params(augment) -> A.BboxParams:
 
 
 def build_train_transform(augment, image_size: int, with_boxes: bool = True, mask_fill: int = 0) -> A.Compose:
+    """The training augmentation of the spec's ``augment`` section, ending at ``image_size`` (longest side)."""
     steps: list = [A.LongestMaxSize(max_size=image_size, interpolation=cv2.INTER_LINEAR)]
     low, high = augment.scale
     if (low, high) != (1.0, 1.0):
@@ -39,6 +40,7 @@ def build_train_transform(augment, image_size: int, with_boxes: bool = True, mas
 
 
 def build_eval_transform(augment, image_size: int, with_boxes: bool = True) -> A.Compose:
+    """Validation and prediction: resize so the longest side is ``image_size``, nothing random."""
     return _compose(
         [A.LongestMaxSize(max_size=image_size, interpolation=cv2.INTER_LINEAR)], augment if with_boxes else None
     )

@@ -119,6 +119,7 @@ class MetricsFile(pl.Callback):
 
     @property
     def run_dir(self) -> Path:
+        """The run directory (rank 0's, once ``setup`` has run)."""
         return self.path.parent
 
     def setup(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:

@@ -26,6 +26,7 @@ log = logging.getLogger("cvtrain")
 
 
 def uses_cuda(config: Config) -> bool:
+    """True when the run will train on CUDA GPUs (``--gpus``, ``--accelerator gpu``, or auto with a GPU)."""
     accelerator = config.trainer.accelerator
     if config.trainer.gpus:
         return True

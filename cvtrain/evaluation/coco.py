@@ -15,6 +15,7 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100",
 
 
 def coco_from_dict(dataset: dict[str, Any]) -> COCO:
+    """A pycocotools ``COCO`` object built from a dict, without its prints."""
     coco = COCO()
     coco.dataset = copy.deepcopy(dataset)
     with contextlib.redirect_stdout(io.StringIO()):

@@ -30,6 +30,7 @@ def to_sparse(confusion: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 def sum_sparse(parts: Iterable[tuple[np.ndarray, np.ndarray]], num_classes: int) -> np.ndarray:
+    """Add up confusion matrices kept as sparse ``(indices, counts)`` pairs into one dense matrix."""
     total = np.zeros(num_classes * num_classes, dtype=np.int64)
     for cells, counts in parts:
         np.add.at(total, cells, counts)

@@ -14,6 +14,7 @@ def register_reader(name: str):
     """Register ``function`` as the reader of format ``name`` (refuses duplicates)."""
 
     def decorate(function: Callable) -> Callable:
+        """Register the decorated reader and return it unchanged."""
         if name in READERS:
             raise ValueError(f"a reader for format {name!r} is already registered")
         READERS[name] = function
