@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import Checkpoint
 
 from cvtrain.atomic import write_json
 from cvtrain.engine.checkpoints import find_resume_checkpoint
@@ -35,6 +36,37 @@ from cvtrain.engine.rundir import SKIPPED_FILE, broadcast_run_dir
 from cvtrain.errors import CheckpointError, DivergenceError
 
 log = logging.getLogger("cvtrain")
+
+
+class LastCheckpoint(Checkpoint):
+    """Writes ``checkpoints/last.ckpt`` after every validation, at the end of every epoch and of training.
+
+    Lightning 2.6's ``ModelCheckpoint(save_last=True)`` rewrites ``last.ckpt`` only when its monitored checkpoint
+    was saved at the same step, so after an epoch whose score did not improve ``last.ckpt`` stayed an epoch
+    behind, and a resume repeated that epoch. This callback saves whenever training has moved on since its last
+    save, whatever the score.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.saved_step = -1
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        if trainer.fast_dev_run or trainer.sanity_checking or trainer.global_step == self.saved_step:
+            return
+        if trainer.state.fn != "fit":
+            return
+        trainer.save_checkpoint(self.path)
+        self.saved_step = trainer.global_step
+
+    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:  # noqa: D102
+        self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:  # noqa: D102
+        self._save(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:  # noqa: D102
+        self._save(trainer)
 
 
 

@@ -17,7 +17,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.precision import MixedPrecision
 
 from cvtrain.config import Config
-from cvtrain.engine.callbacks import LossScaleMonitor, active_scaler
+from cvtrain.engine.callbacks import LastCheckpoint, LossScaleMonitor, active_scaler
 from cvtrain.engine.checkpoints import STEP_CHECKPOINT, AtomicCheckpointIO
 from cvtrain.engine.rundir import is_rank_zero
 from cvtrain.errors import ConfigError
@@ -148,7 +148,7 @@ def build_trainer(
     """The Lightning ``Trainer`` for ``config``, writing into ``run_dir``."""
     train = config.train
     saving: list[pl.Callback] = [ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="max", save_last=True, save_top_k=1,
+        dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="max", save_last=False, save_top_k=1,
         auto_insert_metric_name=False, enable_version_counter=False)] if checkpoints else []
     if checkpoints and train.checkpoint_every_n_steps:
         # Periodic checkpoints bound what a kill mid-epoch loses; "step" ranks them, so the newest two stay.
@@ -156,6 +156,9 @@ def build_trainer(
             dirpath=run_dir / "checkpoints", filename=STEP_CHECKPOINT, monitor="step", mode="max", save_top_k=2,
             every_n_train_steps=train.checkpoint_every_n_steps, auto_insert_metric_name=False,
             enable_version_counter=False))
+    if checkpoints:
+        # After the others: Lightning keeps checkpoint callbacks last and in order, so last.ckpt holds their state.
+        saving.append(LastCheckpoint(run_dir / "checkpoints" / "last.ckpt"))
     arguments: dict[str, Any] = dict(
         default_root_dir=str(run_dir),
         max_epochs=train.max_epochs,
