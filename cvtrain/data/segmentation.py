@@ -40,6 +40,10 @@ class SegmentationDataset(Dataset):
     def load_mask(self, record: ImageRecord) -> np.ndarray:
         if not record.mask_file:
             raise DataError("image has no mask", where=record.file_name, hint="add its mask or leave the image out")
+        if self.index.mask_table is not None:  # label ids -> classes (Cityscapes)
+            from cvtrain.data.formats.cityscapes import read_table_mask
+
+            return read_table_mask(safe_path(self.index.root, record.mask_file), self.index.mask_table)
         return read_mask(safe_path(self.index.root, record.mask_file), self.index.num_classes, self.index.ignore_index,
                          self.palette)
 
