@@ -311,6 +311,51 @@ def predict(spec: Spec | None = None, checkpoint: str | os.PathLike = "", source
     return run_prediction(task, config, Path(source), out_dir, device=arguments.get("accelerator"))
 
 
+# ----------------------------------------------------------------------- convert
+def convert(data: str | os.PathLike | Mapping[str, Any] | Any, to: str, out: str | os.PathLike,
+            overrides: Overrides = None, *, images: str = "copy", segments: bool = False):
+    """Read a dataset in any format cvtrain reads and write it as COCO, VOC, YOLO or KITTI.
+
+    Args:
+        data: a dataset description YAML (or a spec whose ``data`` section to use), a dict, or a ``DataConfig``.
+        to: ``coco``, ``voc``, ``yolo`` or ``kitti``.
+        out: a new or empty folder; it receives the files and a ``dataset.yaml`` that reads them.
+        overrides: ``data.*`` keys, as for ``check``.
+        images: ``copy`` (default), ``link`` (hard links where possible), ``symlink`` or ``none``.
+        segments: YOLO: write polygons as segmentation lines instead of boxes.
+
+    Returns:
+        A ``WriteResult``: ``.lost`` lists what the target format could not carry, with counts.
+
+    Raises:
+        CvtrainError: an unknown target, an output folder that is not empty, a dataset that cannot be read,
+            or semantic masks (no boxes to write).
+    """
+    from cvtrain.config import DataConfig
+    from cvtrain.data.writers import IMAGE_MODES, WRITERS, check_output
+
+    if to not in WRITERS:
+        raise ConfigError(f"cannot write format {to!r}", hint=f"choose one of {', '.join(sorted(WRITERS))}")
+    if images not in IMAGE_MODES:
+        raise ConfigError(f"images={images!r}", hint=f"choose one of {', '.join(IMAGE_MODES)}")
+    out = Path(out)
+    check_output(out)
+    pairs = list(overrides.items()) if isinstance(overrides, Mapping) else [parse_override(o) for o in overrides or []]
+    if isinstance(data, (str, os.PathLike)):
+        data = load_data_description(Path(data), pairs)
+    elif isinstance(data, Mapping):
+        data = DataConfig.model_validate(dict(data))
+    if isinstance(data, Config):
+        data = data.data
+    if not data.splits and "val_fraction" not in data.model_fields_set:
+        data = data.model_copy(update={"val_fraction": 0.0})  # convert what is there; invent no split
+    index = build_index(data)
+    if index.task == "semantic_segmentation" or (not index.annotations and any(i.mask_file for i in index.images)):
+        raise CvtrainError(f"semantic masks cannot be written as {to}: there are no boxes to carry over",
+                           where=str(data.root), hint="convert detection or instance datasets")
+    return WRITERS[to](index, out, images=images, segments=segments)
+
+
 def _fresh_dir(requested: Path | None, name: str, overwrite: bool) -> Path:
     if requested is None:
         return choose_run_dir(None, name)

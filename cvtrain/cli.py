@@ -1,4 +1,4 @@
-"""``cvtrain fit|check|evaluate|predict``: a thin shell over ``cvtrain.api``.
+"""``cvtrain fit|check|evaluate|predict|convert``: a thin shell over ``cvtrain.api``.
 
 User mistakes print one line (what, where, how to fix) and exit 2 without a
 traceback; ``--debug`` shows the traceback.
@@ -85,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--score-threshold", type=float, help="lowest score drawn on images")
     predict.add_argument("--accelerator", help="cpu or gpu")
     predict.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+
+    convert = commands.add_parser("convert", help="write a dataset as COCO, VOC, YOLO or KITTI")
+    convert.add_argument("--data", required=True, help="dataset description YAML (or a spec) of the input")
+    convert.add_argument("--to", required=True, choices=["coco", "voc", "yolo", "kitti"], help="format to write")
+    convert.add_argument("--out", required=True, help="new or empty output folder")
+    convert.add_argument("--images", choices=["copy", "link", "symlink", "none"], default="copy",
+                         help="how image files get there: copy (default), link (hard links where possible), "
+                              "symlink, none")
+    convert.add_argument("--segments", action="store_true", help="YOLO: write polygons as segmentation lines")
+    convert.add_argument("overrides", nargs="*", metavar="key=value", help="data.* overrides of the input description")
+    convert.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
 
@@ -166,6 +177,13 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"{result.num_detections} detections on {result.num_images} images: {result.predictions_file}, "
                   f"drawn images in {result.out_dir / 'images'}")
+        return 0
+    if args.command == "convert":
+        result = api.convert(args.data, args.to, args.out, args.overrides, images=args.images, segments=args.segments)
+        print(f"wrote {result.images} images and {result.annotations} annotations as {result.format} to {result.out}; "
+              f"read it with: cvtrain check --data {result.dataset_file}")
+        print("not carried over:" + "".join(f"\n  {line}" for line in result.lost) if result.lost
+              else "not carried over: nothing")
         return 0
     raise AssertionError(args.command)
 

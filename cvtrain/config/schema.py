@@ -153,6 +153,9 @@ class EvalConfig(StrictModel):
     """Validation, ``evaluate`` and ``predict``: drawing and batch size."""
 
     score_threshold: float = Field(0.3, ge=0.0, le=1.0)  # boxes drawn by predict and TensorBoard
+    # COCO metrics: pycocotools (the reference), faster-coco-eval (same 12 stats, about 10x faster; the
+    # fast-eval extra), or auto: faster-coco-eval when it is installed
+    backend: Literal["auto", "pycocotools", "faster"] = "auto"
     num_log_images: int = Field(4, ge=0)  # validation images drawn in TensorBoard each epoch
     batch_size: int | None = Field(None, gt=0)  # defaults to train.batch_size
 

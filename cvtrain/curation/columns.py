@@ -1,13 +1,13 @@
 """Columnar views of a ``DatasetIndex`` for vectorised checks.
 
-This is the one place that walks the annotation objects: each column is pulled
-out with ``map``/``np.fromiter`` once, and every check after it works on numpy
-arrays. Polygons are flattened into one coordinate array with offsets so that
-point counts, extents and areas are computed with ``reduceat``.
+The annotation columns are the index's ``AnnotationTable`` when the reader built
+one (COCO), else they are pulled out of the annotation objects once
+(``table_from_annotations``); every check after it works on numpy arrays.
+Polygons are one coordinate array with offsets, so that point counts, extents
+and areas are computed with ``reduceat``.
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
@@ -15,14 +15,13 @@ from typing import Any
 import numpy as np
 
 from cvtrain.data.index import DatasetIndex
+from cvtrain.data.table import OTHER, POLYGONS, RLE, AnnotationTable, table_from_annotations
 
 NO_IMAGE = -1
 
 
 @dataclass
 class ImageColumns:
-    """The images of an index as NumPy columns (id, size, split), row-aligned with ``index.images``."""
-
     id: np.ndarray  # int64
     width: np.ndarray  # float64, NaN when unknown
     height: np.ndarray
@@ -31,7 +30,6 @@ class ImageColumns:
 
     @classmethod
     def of(cls, index: DatasetIndex) -> ImageColumns:
-        """Build the columns of ``index``."""
         images = index.images
         n = len(images)
         names = sorted({image.split for image in images if image.split is not None})
@@ -43,6 +41,9 @@ class ImageColumns:
             split=np.fromiter((code.get(i.split, -1) for i in images), np.int64, n),
             split_names=names,
         )
+
+    def split_label(self, row: int) -> str | None:
+        return self.split_names[self.split[row]] if row >= 0 and self.split[row] >= 0 else None
 
 
 @dataclass
@@ -58,8 +59,6 @@ class Polygons:
 
 @dataclass
 class AnnotationColumns:
-    """The annotations of an index as NumPy columns (boxes, ids, rows of their images and categories)."""
-
     id: np.ndarray  # int64
     image_id: np.ndarray
     category_id: np.ndarray
@@ -70,57 +69,42 @@ class AnnotationColumns:
     polygon_rows: np.ndarray  # annotation rows with polygon segmentation
     rle_rows: np.ndarray  # annotation rows with RLE segmentation
     other_segmentation_rows: np.ndarray  # neither polygons nor RLE
-    segmentations: list[Any]  # per annotation, as in the index (None when absent)
+    table: AnnotationTable  # the columns themselves; ``segmentations[row]`` reads a row's segmentation
 
     @classmethod
     def of(cls, index: DatasetIndex, images: ImageColumns) -> AnnotationColumns:
-        """Build the columns of ``index``."""
-        annotations = index.annotations
-        n = len(annotations)
-        image_id = np.fromiter(map(attrgetter("image_id"), annotations), np.int64, n)
-        bbox = np.array(list(map(attrgetter("bbox"), annotations)), dtype=np.float64).reshape(n, 4)
-        segmentations = list(map(attrgetter("segmentation"), annotations))
-        kinds = np.fromiter((0 if s is None else 1 if type(s) is list else 2 if type(s) is dict else 3
-                             for s in segmentations), np.int8, n)
+        """The index's ``AnnotationTable`` (the COCO reader's), or columns pulled once from its list of objects."""
+        table = table_from_annotations(index.annotations)
         return cls(
-            id=np.fromiter(map(attrgetter("id"), annotations), np.int64, n),
-            image_id=image_id,
-            category_id=np.fromiter(map(attrgetter("category_id"), annotations), np.int64, n),
-            bbox=bbox,
-            area=np.fromiter((np.nan if a.area is None else a.area for a in annotations), np.float64, n),
-            iscrowd=np.fromiter(map(attrgetter("iscrowd"), annotations), np.bool_, n),
-            image_row=lookup_rows(images.id, image_id),
-            polygon_rows=np.flatnonzero(kinds == 1),
-            rle_rows=np.flatnonzero(kinds == 2),
-            other_segmentation_rows=np.flatnonzero(kinds == 3),
-            segmentations=segmentations,
+            id=table.id,
+            image_id=table.image_id,
+            category_id=table.category_id,
+            bbox=table.bbox,
+            area=table.area,
+            iscrowd=table.iscrowd,
+            image_row=lookup_rows(images.id, table.image_id),
+            polygon_rows=np.flatnonzero(table.kind == POLYGONS),
+            rle_rows=np.flatnonzero(table.kind == RLE),
+            other_segmentation_rows=np.flatnonzero(table.kind == OTHER),
+            table=table,
         )
 
+    @property
+    def segmentations(self) -> _Segmentations:
+        return _Segmentations(self.table)
+
     def polygons(self) -> Polygons:
-        """Every polygon of every annotation, flattened (built on first use)."""
-        rows = self.polygon_rows
-        lists = [self.segmentations[row] for row in rows.tolist()]
-        counts = np.fromiter(map(len, lists), np.int64, len(lists))
-        flat = list(itertools.chain.from_iterable(lists))
-        owner = np.repeat(rows, counts)
-        try:
-            length = np.fromiter(map(len, flat), np.int64, len(flat))
-            coords = np.fromiter(itertools.chain.from_iterable(flat), np.float64, int(length.sum()))
-            invalid = np.empty(0, np.int64)
-        except (TypeError, ValueError):  # a polygon that is not a flat list of numbers: find which, slowly
-            good = np.array([_numeric_list(polygon) for polygon in flat], dtype=bool)
-            invalid = np.unique(owner[~good])
-            keep = ~np.isin(owner, invalid)
-            flat = [polygon for polygon, kept in zip(flat, keep) if kept]
-            owner = owner[keep]
-            length = np.fromiter(map(len, flat), np.int64, len(flat))
-            coords = np.fromiter(itertools.chain.from_iterable(flat), np.float64, int(length.sum()))
-        start = np.concatenate([[0], np.cumsum(length)[:-1]]).astype(np.int64) if len(length) else length
-        return Polygons(owner=owner, length=length, start=start, coords=coords, invalid_rows=invalid)
+        table = self.table
+        return Polygons(owner=table.polygon_owner, length=table.polygon_length, start=table.polygon_start,
+                        coords=table.coords, invalid_rows=table.invalid_polygon_rows)
 
 
-def _numeric_list(polygon: Any) -> bool:
-    return isinstance(polygon, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in polygon)
+class _Segmentations:
+    def __init__(self, table: AnnotationTable):
+        self.table = table
+
+    def __getitem__(self, row: int) -> Any:
+        return self.table.segmentation(row)
 
 
 def lookup_rows(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:

@@ -184,6 +184,10 @@ def _check_masks(out: Collector, masks: dict[int, dict], facts: FileFacts) -> No
             size_rows.append(row)
             size_texts.append(f"mask is {result['width']}x{result['height']}, image is {width:.0f}x{height:.0f}")
         values = {int(v): c for v, c in result.get("values", {}).items()}
+        if index.mask_table is not None:  # label ids -> classes (Cityscapes)
+            from cvtrain.data.formats.cityscapes import map_value_counts
+
+            values = map_value_counts(values, index.mask_table)
         if values:
             facts.mask_values[row] = values
         unknown = sorted(set(values) - allowed)

@@ -24,60 +24,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 
-@dataclass(frozen=True, slots=True)
-class Location:
-    """Where something was declared: a file and, for text formats, line and column."""
+from cvtrain.data.records import Annotation, Category, ImageRecord, Location
+from cvtrain.data.table import AnnotationTable
 
-    file: str
-    line: int | None = None
-    column: int | None = None
-
-    def __str__(self) -> str:
-        text = self.file
-        if self.line is not None:
-            text += f":{self.line}"
-            if self.column is not None:
-                text += f":{self.column}"
-        return text
-
-
-@dataclass(slots=True)
-class Category:
-    """A class: its id in the annotation files and its name."""
-
-    id: int
-    name: str
-    supercategory: str | None = None
-
-
-@dataclass(slots=True)
-class ImageRecord:
-    """An image: id, path relative to the root, size, split, mask path and where it was read from."""
-
-    id: int
-    file_name: str
-    width: int | None = None
-    height: int | None = None
-    split: str | None = None
-    mask_file: str | None = None
-    source: Location | None = None
-    source_id: Any = None  # the id as written in the source file, when it differs from ``id``
-
-
-@dataclass(slots=True)
-class Annotation:
-    """One object: its image, category, xywh box, crowd flag, segmentation and where it was read from."""
-
-    id: int
-    image_id: int
-    category_id: int
-    bbox: tuple[float, float, float, float]
-    area: float | None = None
-    iscrowd: bool = False
-    segmentation: Any = None  # polygons (list of lists) or RLE dict, as in COCO
-    source: Location | None = None
-    extra: dict[str, Any] | None = None  # format-specific flags, e.g. VOC ``difficult``
+__all__ = ["Annotation", "AnnotationTable", "Category", "DatasetIndex", "ImageRecord", "Location", "merge_indexes"]
 
 
 @dataclass
@@ -92,6 +44,9 @@ class DatasetIndex:
     ignore_index: int | None = None
     sources: list[str] = field(default_factory=list)
     format: str = ""
+    # semantic masks whose pixel values are not the classes (Cityscapes labelIds): class of each value,
+    # ``mask_table[value]``; values past its end are not scored. None: the values are the classes.
+    mask_table: np.ndarray | None = None
 
     # ----------------------------------------------------------------- lookups
     @cached_property
@@ -137,11 +92,12 @@ class DatasetIndex:
     def subset(self, image_ids: Iterable[int]) -> DatasetIndex:
         """A new index holding only these images and their annotations."""
         keep = set(image_ids)
-        return replace(
-            self,
-            images=[image for image in self.images if image.id in keep],
-            annotations=[a for a in self.annotations if a.image_id in keep],
-        )
+        if _is_table(self.annotations):
+            wanted = np.fromiter(keep, np.int64, len(keep))
+            annotations = self.annotations.take(np.isin(self.annotations.image_id, wanted))
+        else:
+            annotations = [a for a in self.annotations if a.image_id in keep]
+        return replace(self, images=[image for image in self.images if image.id in keep], annotations=annotations)
 
     def split(self, name: str) -> DatasetIndex:
         """The images of split ``name`` and their annotations, as a new index."""
@@ -171,8 +127,28 @@ class DatasetIndex:
                 # VOC "difficult" objects are neither required nor penalised, as crowd regions are.
                 record["ignore"] = 1
             annotations.append(record)
+        annotations.extend(self._ignore_regions(annotations))
         categories = [{"id": c.id, "name": c.name, "supercategory": c.supercategory or ""} for c in self.categories]
         return {"images": images, "annotations": annotations, "categories": categories}
+
+    def _ignore_regions(self, annotations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Crowd records for each image's ``extra["ignore_regions"]`` (KITTI DontCare), one per category.
+
+        pycocotools matches a crowd region only to detections of its own category; one region per
+        category makes a detection of any class inside it neither a true nor a false positive.
+        """
+        regions = [(image.id, box) for image in self.images if image.extra
+                   for box in image.extra.get("ignore_regions", ())]
+        if not regions:
+            return []
+        next_id = max((a["id"] for a in annotations), default=0) + 1
+        records = []
+        for image_id, (x, y, w, h) in regions:
+            for category in self.categories:
+                records.append({"id": next_id, "image_id": image_id, "category_id": category.id, "bbox": [x, y, w, h],
+                                "area": float(w * h), "iscrowd": 1, "ignore_region": 1})
+                next_id += 1
+        return records
 
     def fingerprint(self) -> str:
         """A stable hash of what training sees: files, sizes, splits, classes and labels."""
@@ -180,8 +156,15 @@ class DatasetIndex:
         digest.update(json.dumps([(c.id, c.name) for c in self.categories]).encode())
         for image in sorted(self.images, key=lambda record: record.id):
             digest.update(f"{image.id}|{image.file_name}|{image.width}|{image.height}|{image.split}|{image.mask_file}\n".encode())
-        for annotation in sorted(self.annotations, key=lambda record: record.id):
-            digest.update(f"{annotation.id}|{annotation.image_id}|{annotation.category_id}|{annotation.bbox}|{int(annotation.iscrowd)}\n".encode())
+        if _is_table(self.annotations):  # the same lines, from the columns
+            table = self.annotations
+            order = np.argsort(table.id, kind="stable")
+            rows = zip(table.id[order].tolist(), table.image_id[order].tolist(), table.category_id[order].tolist(),
+                       map(tuple, table.bbox[order].tolist()), table.iscrowd[order].astype(int).tolist())
+            digest.update("".join(f"{a}|{b}|{c}|{d}|{e}\n" for a, b, c, d, e in rows).encode())
+        else:
+            for annotation in sorted(self.annotations, key=lambda record: record.id):
+                digest.update(f"{annotation.id}|{annotation.image_id}|{annotation.category_id}|{annotation.bbox}|{int(annotation.iscrowd)}\n".encode())
         return "sha256:" + digest.hexdigest()
 
     def summary(self) -> dict[str, Any]:
@@ -215,6 +198,8 @@ def merge_indexes(parts: list[DatasetIndex]) -> DatasetIndex:
     by_name = {c.name: c for c in categories}
     images: list[ImageRecord] = []
     annotations: list[Annotation] = []
+    tables = []
+    columnar = all(_is_table(part.annotations) for part in parts)
     used_image_ids: set[int] = set()
     used_annotation_ids: set[int] = set()
     for part in parts:
@@ -228,25 +213,32 @@ def merge_indexes(parts: list[DatasetIndex]) -> DatasetIndex:
                 by_name[new.name] = new
             category_map[category.id] = by_name[category.name].id
         image_offset = (max(used_image_ids) + 1) if used_image_ids & {i.id for i in part.images} else 0
-        annotation_offset = (
-            (max(used_annotation_ids) + 1) if used_annotation_ids & {a.id for a in part.annotations} else 0
-        )
+        part_annotation_ids = set(part.annotations.id.tolist()) if _is_table(part.annotations) else \
+            {a.id for a in part.annotations}
+        annotation_offset = (max(used_annotation_ids) + 1) if used_annotation_ids & part_annotation_ids else 0
         for image in part.images:
             moved = replace(image, id=image.id + image_offset)
             if image_offset:
                 moved.source_id = image.id if image.source_id is None else image.source_id
             images.append(moved)
-        for annotation in part.annotations:
-            annotations.append(
-                replace(
-                    annotation,
-                    id=annotation.id + annotation_offset,
-                    image_id=annotation.image_id + image_offset,
-                    category_id=category_map.get(annotation.category_id, annotation.category_id),
+        if columnar:
+            tables.append(part.annotations.renumbered(id_offset=annotation_offset, image_offset=image_offset,
+                                                      category_map=category_map))
+        else:
+            for annotation in part.annotations:
+                annotations.append(
+                    replace(
+                        annotation,
+                        id=annotation.id + annotation_offset,
+                        image_id=annotation.image_id + image_offset,
+                        category_id=category_map.get(annotation.category_id, annotation.category_id),
+                    )
                 )
-            )
         used_image_ids.update(i.id + image_offset for i in part.images)
-        used_annotation_ids.update(a.id + annotation_offset for a in part.annotations)
+        used_annotation_ids.update(a + annotation_offset for a in part_annotation_ids)
+    if columnar:  # all parts are columns (COCO): so is the whole
+
+        annotations = AnnotationTable.concatenate(tables)
     return DatasetIndex(
         root=first.root,
         categories=categories,
@@ -256,4 +248,10 @@ def merge_indexes(parts: list[DatasetIndex]) -> DatasetIndex:
         ignore_index=first.ignore_index,
         sources=[s for part in parts for s in part.sources],
         format=first.format,
+        mask_table=first.mask_table,
     )
+
+
+def _is_table(annotations: Any) -> bool:
+    """Whether ``annotations`` is an ``AnnotationTable`` (columns) rather than a list of objects."""
+    return isinstance(annotations, AnnotationTable)

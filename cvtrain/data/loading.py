@@ -15,6 +15,9 @@ FORMAT_DEFAULTS: dict[str, dict[str, str]] = {
     "shapes": {"annotations": "annotations.json", "images": "images", "generated": "yes"},
     "voc": {"annotations": "Annotations", "images": "JPEGImages"},
     "masks": {"images": "images", "masks": "masks"},
+    "yolo": {"annotations": "data.yaml"},
+    "kitti": {"annotations": "training/label_2", "images": "training/image_2"},
+    "cityscapes": {"images": "leftImg8bit", "masks": "gtFine"},
 }
 
 
@@ -22,7 +25,9 @@ def build_index(data) -> DatasetIndex:
     """Read the dataset described by ``data`` (a ``DataConfig``) and assign every image a split.
 
     Splits come, in this order of preference, from per-split annotation files,
-    from per-split file lists, or from a seeded ratio split (``val_fraction``).
+    from per-split file lists, from the format itself (a YOLO ``data.yaml``, Cityscapes'
+    split folders: kept when ``data.splits`` is empty and ``data.val_split`` is among
+    them), or from a seeded ratio split (``val_fraction``).
     """
     root = Path(data.root)
     defaults = FORMAT_DEFAULTS.get(data.format, {})
@@ -67,6 +72,9 @@ def build_index(data) -> DatasetIndex:
         return index
 
     index = read(None, None, None)
+    if not data.splits and index.images and all(image.split is not None for image in index.images) and \
+            data.val_split in index.split_names:
+        return index  # the format names the splits (YOLO data.yaml, Cityscapes folders): keep them
     listed = {name: split for name, split in data.splits.items() if split.list}
     if listed:
         for name, split in listed.items():

@@ -36,7 +36,7 @@ class DataModule(pl.LightningDataModule):
 
     The training order and augmentation follow ``(train.seed, epoch)`` and the
     position within the epoch is saved in checkpoints, so a resumed run sees the
-    batches an uninterrupted one would have (``cvtrain.resilience``).
+    batches an uninterrupted one would have (``cvtrain.data.sampling``).
     """
 
     train_sampler: EpochSampler | None = None

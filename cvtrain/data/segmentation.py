@@ -41,6 +41,10 @@ class SegmentationDataset(Dataset):
         """The class-index mask of ``record`` (read through ``data.files``)."""
         if not record.mask_file:
             raise DataError("image has no mask", where=record.file_name, hint="add its mask or leave the image out")
+        if self.index.mask_table is not None:  # label ids -> classes (Cityscapes)
+            from cvtrain.data.formats.cityscapes import read_table_mask
+
+            return read_table_mask(inside_root(self.index.root, record.mask_file, "mask"), self.index.mask_table)
         return read_mask(
             inside_root(self.index.root, record.mask_file, "mask"),
             self.index.num_classes,

@@ -121,11 +121,12 @@ class DetectionTask(pl.LightningModule):
                             "annotations": [a for a in ground_truth["annotations"] if a["image_id"] in image_ids]}
         metrics: dict[str, Any] = {"scalars": {}, "per_class": {}, "num_images": len(image_ids)}
         for iou_type in self.iou_types:
-            scored = coco_evaluate(ground_truth, results, iou_type)
+            scored = coco_evaluate(ground_truth, results, iou_type, backend=self.config.eval.backend)
             prefix = "" if iou_type == "bbox" else "segm_"
             metrics["scalars"].update({prefix + name: value for name, value in scored["stats"].items()})
             metrics["per_class"][iou_type] = scored["per_class"]
             metrics.setdefault("summary", {})[iou_type] = scored["summary"]
+            metrics["backend"] = scored["backend"]  # pycocotools or faster (eval.backend)
         metrics["scalars"]["mAP"] = metrics["scalars"]["AP"]
         return metrics
 

@@ -68,10 +68,11 @@ class InstanceSegmentationTask(DetectionTask):
         masks_only = [{key: value for key, value in record.items() if key != "bbox"} for record in results]
         metrics: dict[str, Any] = {"scalars": {}, "per_class": {}, "summary": {}, "num_images": len(image_ids)}
         for iou_type, prefix, scored_results in (("bbox", "", results), ("segm", "segm_", masks_only)):
-            scored = coco_evaluate(ground_truth, scored_results, iou_type)
+            scored = coco_evaluate(ground_truth, scored_results, iou_type, backend=self.config.eval.backend)
             metrics["scalars"].update({prefix + name: value for name, value in scored["stats"].items()})
             metrics["per_class"][iou_type] = scored["per_class"]
             metrics["summary"][iou_type] = scored["summary"]
+            metrics["backend"] = scored["backend"]
         metrics["scalars"]["mAP"] = metrics["scalars"]["AP"]
         return metrics
 

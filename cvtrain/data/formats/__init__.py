@@ -23,4 +23,4 @@ def register_reader(name: str):
     return decorate
 
 
-from cvtrain.data.formats import coco, masks, shapes, voc  # noqa: E402,F401  (fill the registry)
+from cvtrain.data.formats import cityscapes, coco, kitti, masks, shapes, voc, yolo  # noqa: E402,F401  (fill the registry)
