@@ -58,9 +58,12 @@ class EvaluateResult:
     per_class: dict[str, Any]
     out_dir: Path | None
     num_images: int = 0
+    runtime: str = "PyTorch"  # or "onnxruntime" for an exported model
+    images_per_second: float = 0.0  # end to end: loading, the model, scoring
 
     def _repr_html_(self) -> str:
-        return _table("cvtrain evaluate", {"images": self.num_images, **self.metrics})
+        return _table("cvtrain evaluate", {"images": self.num_images, "runtime": self.runtime,
+                                           "images/s": round(self.images_per_second, 1), **self.metrics})
 
 
 @dataclass
@@ -70,6 +73,8 @@ class PredictResult:
     num_images: int
     num_detections: int  # detections (records) written; for semantic segmentation, one record per image
     task: str = "detection"
+    runtime: str = "PyTorch"  # or "onnxruntime" for an exported model
+    images_per_second: float = 0.0  # end to end: reading, the model, writing
 
     def _repr_html_(self) -> str:
         return _table("cvtrain predict", {"out_dir": self.out_dir, "images": self.num_images, "detections": self.num_detections})
@@ -214,32 +219,48 @@ def _config_for_checkpoint(payload: dict[str, Any], spec: Spec | None, overrides
 
 def evaluate(spec: Spec | None = None, checkpoint: str | os.PathLike = "", overrides: Overrides = None, *,
              data: str | os.PathLike | None = None, split: str | None = None, out: str | os.PathLike | None = None,
-             **arguments: Any) -> EvaluateResult:
+             model: str | os.PathLike | None = None, **arguments: Any) -> EvaluateResult:
     """Score a checkpoint on a split with pycocotools and write ``metrics.json``.
 
     Args:
         spec: spec whose dataset to use; default: the one the checkpoint was trained on.
         checkpoint: a ``.ckpt`` written by ``fit``.
         split: split to score; default ``data.val_split``.
-        out: folder for ``metrics.json``; default ``<run>/evaluate-<split>``.
+        out: folder for ``metrics.json``; default ``<run>/evaluate-<split>`` (``evaluate-<model>-<split>``
+            beside an exported model).
+        model: an ``.onnx`` file written by ``export``, run by onnxruntime, instead of ``checkpoint``.
     """
-    checkpoint = Path(checkpoint)
-    payload = read_checkpoint(checkpoint)
+    task = None
+    if model is not None:  # an exported file: onnxruntime in place of the network, the rest as for a checkpoint
+        from cvtrain.export.runtime import load_onnx_task
+
+        checkpoint = Path(model)
+        payload, task = load_onnx_task(checkpoint, device=arguments.get("accelerator"))
+    else:
+        checkpoint = Path(checkpoint)
+        payload = read_checkpoint(checkpoint)
     config = _config_for_checkpoint(payload, spec, overrides, data, arguments)
     if split:
         config.data.val_split = split
     index = build_index(config.data)
     check_checkpoint_fits(payload["hyper_parameters"], config.task, index.task, index.class_names, checkpoint)
-    task = load_task(checkpoint, payload)
-    out_dir = Path(out) if out else checkpoint.resolve().parent.parent / f"evaluate-{config.data.val_split}"
+    task = load_task(checkpoint, payload) if task is None else task
+    default_out = (checkpoint.resolve().parent.parent / f"evaluate-{config.data.val_split}" if model is None
+                   else checkpoint.resolve().parent / f"evaluate-{checkpoint.stem}-{config.data.val_split}")
+    out_dir = Path(out) if out else default_out
     datamodule = DataModule.for_evaluation(config, index)
     trainer = build_trainer(config, out_dir, monitor=task.monitor, logger=False, checkpoints=False)
+    started = time.perf_counter()
     trainer.validate(task, datamodule=datamodule, verbose=False)
+    seconds = time.perf_counter() - started
     metrics = task.last_metrics
     result = EvaluateResult(metrics=metrics.get("scalars", {}), per_class=metrics.get("per_class", {}),
-                            out_dir=out_dir, num_images=metrics.get("num_images", 0))
+                            out_dir=out_dir, num_images=metrics.get("num_images", 0),
+                            runtime="PyTorch" if model is None else "onnxruntime",
+                            images_per_second=metrics.get("num_images", 0) / max(seconds, 1e-9))
     if is_rank_zero():
-        write_json(out_dir / "metrics.json", {"checkpoint": str(checkpoint), "split": config.data.val_split,
+        write_json(out_dir / "metrics.json", {"checkpoint" if model is None else "model": str(checkpoint),
+                                              "runtime": result.runtime, "split": config.data.val_split,
                                               "num_images": result.num_images, **{k: v for k, v in metrics.items() if k != "summary"}})
     return result
 
@@ -247,7 +268,8 @@ def evaluate(spec: Spec | None = None, checkpoint: str | os.PathLike = "", overr
 # ----------------------------------------------------------------------- predict
 def predict(spec: Spec | None = None, checkpoint: str | os.PathLike = "", source: str | os.PathLike = "",
             out: str | os.PathLike | None = None, overrides: Overrides = None, *, overwrite: bool = False,
-            score_threshold: float | None = None, **arguments: Any) -> PredictResult:
+            score_threshold: float | None = None, model: str | os.PathLike | None = None,
+            **arguments: Any) -> PredictResult:
     """Run a checkpoint on an image or a folder; write predictions JSON and drawn images.
 
     Args:
@@ -255,20 +277,64 @@ def predict(spec: Spec | None = None, checkpoint: str | os.PathLike = "", source
         source: an image file or a folder of images.
         out: output folder (must be new or empty unless ``overwrite``); default ``runs/predict[-N]``.
         score_threshold: lowest score drawn on the images (all detections go to the JSON).
+        model: an ``.onnx`` file written by ``export``, run by onnxruntime, instead of ``checkpoint``.
     """
     from cvtrain.prediction import run_prediction
 
-    checkpoint = Path(checkpoint)
-    payload = read_checkpoint(checkpoint)
+    task = None
+    if model is not None:  # an exported file: onnxruntime in place of the network, the rest as for a checkpoint
+        from cvtrain.export.runtime import load_onnx_task
+
+        payload, task = load_onnx_task(model, device=arguments.get("accelerator"))
+    else:
+        checkpoint = Path(checkpoint)
+        payload = read_checkpoint(checkpoint)
     config = _config_for_checkpoint(payload, None, overrides, None, {})
     if spec is not None:
         config = _config_for_checkpoint(payload, spec, overrides, None, {})
     if score_threshold is not None:
         config.eval.score_threshold = score_threshold
-    task = load_task(checkpoint, payload)
+    task = load_task(checkpoint, payload) if task is None else task
     task.config.eval.score_threshold = config.eval.score_threshold  # the task draws with its own config
     out_dir = _fresh_dir(Path(out) if out else None, "predict", overwrite)
-    return run_prediction(task, config, Path(source), out_dir, device=arguments.get("accelerator"))
+    started = time.perf_counter()
+    result = run_prediction(task, config, Path(source), out_dir, device=arguments.get("accelerator"))
+    result.runtime = "PyTorch" if model is None else "onnxruntime"
+    result.images_per_second = result.num_images / max(time.perf_counter() - started, 1e-9)
+    return result
+
+
+# ------------------------------------------------------------------------ export
+def export(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None, *, format: str = "onnx",
+           opset: int | None = None, image_size: tuple[int, int] | list[int] | None = None, dynamic_size: bool = False,
+           batch: int | None = None, images: str | os.PathLike | None = None, verify: str | os.PathLike | None = None,
+           overwrite: bool = False):
+    """Export a checkpoint to ONNX and prove with onnxruntime that it answers as PyTorch does (docs/export.md).
+
+    Args:
+        checkpoint: a ``.ckpt`` written by ``fit``.
+        out: the file to write; default ``<run>/export/<checkpoint name>.onnx``.
+        format: ``onnx``.
+        opset: ONNX opset, 11 to 20; default 17.
+        image_size: ``(height, width)`` to fix the input size; default: height and width are dynamic.
+        dynamic_size: say explicitly that height and width are dynamic (the default).
+        batch: fix the batch; default 1 for detection and instance models, dynamic for semantic ones.
+        images: an image file or folder for the parity check; default: the checkpoint's validation images.
+        verify: an existing ``.onnx`` file to check against the checkpoint instead of exporting.
+        overwrite: replace an existing file.
+
+    Returns:
+        ``ExportResult``: the file, its input shape, and the ``ParityReport`` (worst differences, images/s).
+
+    Raises:
+        ParityError: onnxruntime and PyTorch disagree; the file is kept as ``<out>.unverified`` (exit code 1).
+    """
+    from cvtrain.export.workflow import export_checkpoint, verify_export
+
+    if verify is not None:
+        return verify_export(checkpoint, verify, images=images)
+    return export_checkpoint(checkpoint, out, export_format=format, opset=opset, image_size=image_size,
+                             dynamic_size=dynamic_size, batch=batch, images=images, overwrite=overwrite)
 
 
 def _fresh_dir(requested: Path | None, name: str, overwrite: bool) -> Path:
