@@ -1,4 +1,4 @@
-"""ONNX export: parity with PyTorch judged by onnxruntime, predict/evaluate through the file, a tampered file, the extra.
+"""ONNX export: parity with PyTorch judged by onnxruntime, predict/evaluate through the file, tampering, the extra.
 
 One model per family, trained for a few steps through the API and exported once (module-scoped fixtures):
 SSDlite on generated shapes, LR-ASPP on generated masks, Mask R-CNN on generated discs and squares.
@@ -6,28 +6,23 @@ SSDlite on generated shapes, LR-ASPP on generated masks, Mask R-CNN on generated
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
+import onnx  # the export extra, which the dev extra holds: these tests run wherever the others do
+import onnxruntime
 import pytest
 import torch
 import yaml
 from PIL import Image
+from test_instance import tiny_instances
+from test_segmentation import class_masks, write_pairs
 
-onnx = pytest.importorskip("onnx")
-onnxruntime = pytest.importorskip("onnxruntime")
-
-import cvtrain  # noqa: E402
-from cvtrain.api import export  # noqa: E402
-from cvtrain.cli import main  # noqa: E402
-from cvtrain.export.workflow import ParityError  # noqa: E402
-from cvtrain.tasks import load_task  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_instance import tiny_instances  # noqa: E402
-from test_segmentation import class_masks, write_pairs  # noqa: E402
+import cvtrain
+from cvtrain.api import export
+from cvtrain.cli import main
+from cvtrain.tasks import load_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 RTOL, ATOL = 1e-3, 1e-5  # torchvision's ONNX tests
@@ -141,7 +136,8 @@ def test_onnxruntime_alone_reproduces_the_checkpoint(detector):
 def test_predict_through_onnx_gives_the_checkpoints_detections(detector, capsys):
     tmp, fitted, exported = detector
     source = tmp / "shapes" / "images"
-    assert main(["predict", "--model", str(exported.path), "--source", str(source), "--out", str(tmp / "pred-onnx")]) == 0
+    out = tmp / "pred-onnx"
+    assert main(["predict", "--model", str(exported.path), "--source", str(source), "--out", str(out)]) == 0
     last = capsys.readouterr().out.splitlines()[-1]
     assert last.startswith("onnxruntime: ") and last.endswith(" images/s")
     reference = cvtrain.predict(checkpoint=fitted.best_checkpoint, source=source, out=tmp / "pred-torch")
@@ -194,11 +190,22 @@ def test_tampered_weights_fail_parity_with_exit_1_and_the_unverified_suffix(dete
     assert not json.loads((tmp_path / "tampered.parity.json").read_text())["ok"]
 
 
-def test_fixed_size_export_has_a_static_input(detector, tmp_path):
+def test_fixed_size_and_batch_give_a_static_input(detector, tmp_path):
     tmp, fitted, exported = detector
-    result = export(fitted.best_checkpoint, tmp_path / "fixed.onnx", image_size=(96, 96), opset=16)
-    assert result.verified and onnx_inputs(result.path) == [1, 3, 96, 96]
+    result = export(fitted.best_checkpoint, tmp_path / "fixed.onnx", image_size=(96, 96), batch=2, opset=16)
+    assert result.verified and onnx_inputs(result.path) == [2, 3, 96, 96]
     assert onnx.load(str(result.path), load_external_data=False).opset_import[0].version == 16
+
+
+def test_a_fixed_size_that_changes_the_answers_is_kept_unverified(detector, tmp_path, capsys):
+    """The 96 x 96 images padded to 96 x 128 are what this graph sees: SSDlite then squeezes another picture into
+    its square input, the detections move, and the export-time check refuses the file."""
+    tmp, fitted, exported = detector
+    out = tmp_path / "padded.onnx"
+    code = main(["export", "--checkpoint", str(fitted.best_checkpoint), "--out", str(out), "--image-size", "96", "128"])
+    assert code == 1 and not out.exists() and (tmp_path / "padded.onnx.unverified").is_file()
+    assert "PARITY FAILS" in capsys.readouterr().out
+    assert not any(tmp_path.glob(".*.tmp"))  # no temporary file left behind
 
 
 def test_an_existing_file_is_not_replaced(detector, capsys):
@@ -291,3 +298,53 @@ def test_mask_rcnn_exports_with_parity_and_evaluates_the_same(instance_model):
     evaluation = cvtrain.evaluate(model=exported.path, out=tmp / "eval-onnx")
     for key in ("mAP", "AP50", "segm_AP", "segm_AP50"):
         assert abs(evaluation.metrics[key] - fitted.metrics[key]) <= 0.001, key
+
+
+# ----------------------------------------------------------------------------- the parity rule itself
+def detections(boxes, scores, labels) -> dict[str, torch.Tensor]:
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "scores": torch.tensor(scores),
+            "labels": torch.tensor(labels)}
+
+
+def test_parity_matches_detections_across_orders_and_excuses_only_exact_ties_at_a_cut():
+    from cvtrain.export.parity import compare_detections
+
+    reference = detections([[0, 0, 10, 10], [5, 5, 20, 20], [30, 30, 40, 40]], [0.9, 0.5, 0.5], [1, 2, 2])
+    swapped = detections([[30, 30, 40, 40.001], [0, 0, 10, 10], [5, 5, 20, 20]], [0.5, 0.9000001, 0.5], [2, 1, 2])
+    same = compare_detections("a", reference, swapped)
+    assert same.ok and same.box == pytest.approx(0.001, abs=1e-5) and same.tied == 0
+    # A cut among equal scores kept another box of score 0.5 (top-k over ties is arbitrary): excused, counted.
+    cut = compare_detections("b", reference, detections([[0, 0, 10, 10], [5, 5, 20, 20], [60, 60, 70, 70]],
+                                                        [0.9, 0.5, 0.5], [1, 2, 2]))
+    assert cut.ok and cut.tied == 2
+    moved = compare_detections("c", reference, detections([[0, 0, 10, 10.1], [5, 5, 20, 20], [30, 30, 40, 40]],
+                                                          [0.9, 0.5, 0.5], [1, 2, 2]))
+    assert not moved.ok and moved.box == pytest.approx(0.1, abs=1e-5)  # 0.1 px > 1e-5 + 1e-3 * 10
+    relabelled = compare_detections("d", reference, detections([[0, 0, 10, 10], [5, 5, 20, 20], [30, 30, 40, 40]],
+                                                               [0.9, 0.5, 0.5], [3, 2, 2]))
+    assert not relabelled.ok and "without a match" in relabelled.problems[0]
+    rescored = compare_detections("e", reference, detections([[0, 0, 10, 10], [5, 5, 20, 20], [30, 30, 40, 40]],
+                                                             [0.9, 0.5, 0.49], [1, 2, 2]))
+    assert not rescored.ok  # 0.49 and 0.5 are no tie: a score that moved
+    at_threshold = compare_detections("f", detections([[0, 0, 10, 10]], [0.0500001], [1]), detections([], [], []),
+                                      score_threshold=0.05)
+    assert at_threshold.ok and at_threshold.tied == 1
+
+
+def test_parity_of_masks_and_logits():
+    from cvtrain.export.parity import compare_detections, compare_logits
+
+    mask = torch.zeros(1, 1, 20, 20)
+    mask[..., 2:12, 2:12] = 0.9  # 100 pixels
+    other = mask.clone()
+    other[..., 11, 2:12] = 0.1  # 10 pixels fewer: IoU 0.9
+    box = [[2, 2, 12, 12]]
+    assert compare_detections("a", {**detections(box, [0.8], [1]), "masks": mask},
+                              {**detections(box, [0.8], [1]), "masks": mask.clone()}).mask_iou == 1.0
+    result = compare_detections("b", {**detections(box, [0.8], [1]), "masks": mask},
+                                {**detections(box, [0.8], [1]), "masks": other})
+    assert result.mask_iou == pytest.approx(0.9) and not result.ok
+    logits = torch.randn(3, 8, 8)
+    assert compare_logits("c", logits, logits + 1e-6).ok
+    shifted = compare_logits("d", logits, logits + 0.01)
+    assert not shifted.ok and shifted.logits == pytest.approx(0.01, rel=1e-3)

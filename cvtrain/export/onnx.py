@@ -68,7 +68,7 @@ def require_onnx(*, runtime_only: bool = False) -> None:
             missing.append(name)
     if missing:
         raise ExportError(f"{' and '.join(missing)} not installed",
-                          hint="pip install -e \".[export]\" (or pip install onnx onnxruntime; onnxruntime-gpu for CUDA)")
+                          hint='pip install -e ".[export]", or pip install onnx onnxruntime; onnxruntime-gpu for CUDA')
 
 
 @dataclass(frozen=True)

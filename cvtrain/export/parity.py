@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import html
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -199,7 +200,8 @@ class ParityReport:
                 "threads": self.threads, "images": [asdict(image) for image in self.images]}
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{h}</th>" for h in ("image", "detections", "box px", "score", "logits", "mask IoU", "verdict"))
+        names = ("image", "detections", "box px", "score", "logits", "mask IoU", "verdict")
+        head = "".join(f"<th>{name}</th>" for name in names)
         rows = []
         for image in self.images:
             cells = [image.image, f"{image.detections[0]}/{image.detections[1]}" if image.detections else "-",

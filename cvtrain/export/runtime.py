@@ -28,7 +28,8 @@ def providers(device: str | None) -> list[str]:
     if device not in ("cpu",) and "CUDAExecutionProvider" in available:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if device in ("gpu", "cuda"):
-        raise CvtrainError("onnxruntime has no CUDA provider here", hint="pip install onnxruntime-gpu, or run on the cpu")
+        raise CvtrainError("onnxruntime has no CUDA provider here",
+                           hint="pip install onnxruntime-gpu, or run on the cpu")
     return ["CPUExecutionProvider"]
 
 
@@ -44,7 +45,8 @@ def pad_to(image: torch.Tensor, size: tuple[int, int], mean: torch.Tensor, *, wh
         return image
     if height > size[0] or width > size[1]:
         raise CvtrainError(f"an image of {height}x{width} px does not fit the fixed input of {size[0]}x{size[1]} px",
-                           where=where, hint="export with a larger --image-size, or without it (dynamic height and width)")
+                           where=where,
+                           hint="export with a larger --image-size, or without it (dynamic height and width)")
     canvas = mean.to(image.device, image.dtype).reshape(3, 1, 1).expand(3, *size).clone()
     canvas[:, :height, :width] = image
     return canvas
@@ -70,7 +72,8 @@ class OnnxModel:
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise CheckpointError("ONNX file not found", where=str(self.path), hint="give a file written by cvtrain export")
+            raise CheckpointError("ONNX file not found", where=str(self.path),
+                                  hint="give a file written by cvtrain export")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1

@@ -12,14 +12,22 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from cvtrain.errors import CheckpointError, CvtrainError
-from cvtrain.export.onnx import (DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ExportError, InputShape, build_onnx, input_shape,
-                                 normalisation, require_onnx)
+from cvtrain.export.onnx import (
+    DEFAULT_OPSET,
+    MAX_OPSET,
+    MIN_OPSET,
+    ExportError,
+    InputShape,
+    build_onnx,
+    input_shape,
+    normalisation,
+    require_onnx,
+)
 from cvtrain.export.parity import ParityReport, check_parity
 from cvtrain.export.runtime import OnnxModel, OnnxNetwork, pad_to
 from cvtrain.run import write_json
@@ -34,7 +42,7 @@ class ParityError(CvtrainError):
 
     exit_code = 1
 
-    def __init__(self, message: str, *, result: "ExportResult", where: str | None = None, hint: str | None = None):
+    def __init__(self, message: str, *, result: ExportResult, where: str | None = None, hint: str | None = None):
         self.result = result
         super().__init__(message, where=where, hint=hint)
 
@@ -80,7 +88,8 @@ def _check_arguments(opset: int, image_size, dynamic_size: bool, batch: int | No
         raise ExportError(f"unknown format {export_format!r}", hint="formats: onnx")
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ExportError(f"opset {opset} is outside {MIN_OPSET}..{MAX_OPSET}",
-                          hint=f"the TorchScript-based exporter writes opsets {MIN_OPSET} to {MAX_OPSET}; default {DEFAULT_OPSET}")
+                          hint=f"the TorchScript-based exporter writes opsets {MIN_OPSET} to {MAX_OPSET}; "
+                               f"default {DEFAULT_OPSET}")
     if image_size is not None:
         if dynamic_size:
             raise ExportError("--image-size fixes the input size and --dynamic-size frees it", hint="give one of them")
@@ -99,7 +108,8 @@ def _refuse_existing(paths: list[Path], overwrite: bool) -> None:
             raise ExportError("file exists", where=str(path), hint="give another --out, or --overwrite to replace it")
 
 
-def parity_images(config, images: str | os.PathLike | None, limit: int = PARITY_IMAGES) -> list[tuple[str, torch.Tensor]]:
+def parity_images(config, images: str | os.PathLike | None,
+                  limit: int = PARITY_IMAGES) -> list[tuple[str, torch.Tensor]]:
     """Up to ``limit`` images as ``cvtrain predict`` feeds them to the model: ``images`` (a file or folder), or
     else the checkpoint's validation split.
 
@@ -149,15 +159,22 @@ def _compare(task, file: Path, images, *, shown: Path, progress: bool) -> Parity
 def _failure(result: ExportResult) -> ParityError:
     worst = result.parity.summary().split("; worst: ", 1)[1].split("); ", 1)[0]
     problems = next(image for image in result.parity.images if not image.ok)
+    hint = f"kept with the {UNVERIFIED} suffix; image by image in {result.parity_file}"
+    found = sum(max(image.detections) for image in result.parity.images if image.detections)
+    tied = result.parity.worst()["tied"]
+    if found and tied >= 0.25 * found:
+        # A model that scores most boxes alike (untrained, or collapsed) has no one right answer to compare.
+        hint += (f"; {tied} of {found} detections tie on their score, as in an untrained or collapsed model, where "
+                 "which boxes survive a cut is arbitrary: check a trained checkpoint")
     return ParityError(f"onnxruntime and PyTorch disagree: {problems.image}: {problems.problems[0]} (worst: {worst})",
-                       result=result, where=str(result.path),
-                       hint=f"kept with the {UNVERIFIED} suffix; image by image in {result.parity_file}")
+                       result=result, where=str(result.path), hint=hint)
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None, *, export_format: str = "onnx",
-                      opset: int | None = None, image_size: tuple[int, int] | list[int] | None = None,
-                      dynamic_size: bool = False, batch: int | None = None, images: str | os.PathLike | None = None,
-                      overwrite: bool = False, progress: bool = True) -> ExportResult:
+def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None, *,
+                      export_format: str = "onnx", opset: int | None = None,
+                      image_size: tuple[int, int] | list[int] | None = None, dynamic_size: bool = False,
+                      batch: int | None = None, images: str | os.PathLike | None = None, overwrite: bool = False,
+                      progress: bool = True) -> ExportResult:
     """Export a checkpoint to ONNX and check the file against PyTorch with onnxruntime.
 
     Args:
@@ -263,9 +280,3 @@ def verify_export(checkpoint: str | os.PathLike, model: str | os.PathLike, *, im
         raise _failure(result)
     return result
 
-
-def describe(result: ExportResult) -> dict[str, Any]:
-    """The result as plain data (for JSON and the CLI)."""
-    return {"file": str(result.path), "verified": result.verified, "input": result.input.describe(),
-            "opset": result.opset, "export_seconds": round(result.seconds, 2), "bytes": result.size_bytes,
-            "parity": result.parity.to_json()}
