@@ -223,8 +223,8 @@ def _config_for_checkpoint(payload: dict[str, Any], spec: Spec | None, overrides
 
 def evaluate(spec: Spec | None = None, checkpoint: str | os.PathLike = "", overrides: Overrides = None, *,
              data: str | os.PathLike | None = None, split: str | None = None, out: str | os.PathLike | None = None,
-             **arguments: Any) -> EvaluateResult:
-    """Score a checkpoint on a split (COCO stats by pycocotools, or mIoU) and write ``metrics.json``.
+             model: str | os.PathLike | None = None, **arguments: Any) -> EvaluateResult:
+    """Score a checkpoint on a split with pycocotools and write ``metrics.json``.
 
     Args:
         spec: spec whose dataset (and ``eval`` section) to use; default: the one the checkpoint was trained on.
@@ -232,7 +232,9 @@ def evaluate(spec: Spec | None = None, checkpoint: str | os.PathLike = "", overr
         overrides: ``key=value`` strings or a dict of dotted keys applied to the checkpoint's config.
         data: a dataset description YAML replacing the dataset.
         split: split to score; default ``data.val_split``.
-        out: folder for ``metrics.json``; default ``<run>/evaluate-<split>``.
+        out: folder for ``metrics.json``; default ``<run>/evaluate-<split>`` (``evaluate-<model>-<split>``
+            beside an exported model).
+        model: an ``.onnx`` file written by ``export``, run by onnxruntime, instead of ``checkpoint``.
         **arguments: ``accelerator``, ``devices``, ``gpus``, ``amp``, ``num_nodes``, as for ``fit``
             (default: one device of this machine, FP32).
 
@@ -243,27 +245,41 @@ def evaluate(spec: Spec | None = None, checkpoint: str | os.PathLike = "", overr
         CheckpointError: the checkpoint is unreadable, or was trained for another task or other classes.
         CvtrainError: the spec, dataset or flags are invalid.
     """
-    checkpoint = Path(checkpoint)
-    payload = read_checkpoint(checkpoint)
+    task = None
+    if model is not None:  # an exported file: onnxruntime in place of the network, the rest as for a checkpoint
+        from cvtrain.export.runtime import load_onnx_task
+
+        checkpoint = Path(model)
+        payload, task = load_onnx_task(checkpoint, device=arguments.get("accelerator"))
+    else:
+        checkpoint = Path(checkpoint)
+        payload = read_checkpoint(checkpoint)
     config = _config_for_checkpoint(payload, spec, overrides, data, arguments)
     if split:
         config.data.val_split = split
     index = build_index(config.data)
     check_checkpoint_fits(payload["hyper_parameters"], config.task, index.task, index.class_names, checkpoint)
-    task = load_task(checkpoint, payload)
-    out_dir = Path(out) if out else checkpoint.resolve().parent.parent / f"evaluate-{config.data.val_split}"
+    task = load_task(checkpoint, payload) if task is None else task
+    default_out = (checkpoint.resolve().parent.parent / f"evaluate-{config.data.val_split}" if model is None
+                   else checkpoint.resolve().parent / f"evaluate-{checkpoint.stem}-{config.data.val_split}")
+    out_dir = Path(out) if out else default_out
     datamodule = DataModule.for_evaluation(config, index)
     task.prepare(val_index=datamodule.val_index)
     trainer = build_trainer(config, out_dir, monitor=task.monitor, logger=False, checkpoints=False)
+    started = time.perf_counter()
     trainer.validate(task, datamodule=datamodule, verbose=False)
+    seconds = time.perf_counter() - started
     metrics = task.last_metrics
     result = EvaluateResult(metrics=metrics.get("scalars", {}), per_class=metrics.get("per_class", {}),
-                            out_dir=out_dir, num_images=metrics.get("num_images", 0))
+                            out_dir=out_dir, num_images=metrics.get("num_images", 0),
+                            runtime="PyTorch" if model is None else "onnxruntime",
+                            images_per_second=metrics.get("num_images", 0) / max(seconds, 1e-9))
     if is_rank_zero():
         write_json(
             out_dir / "metrics.json",
             {
-                "checkpoint": str(checkpoint),
+                "checkpoint" if model is None else "model": str(checkpoint),
+                "runtime": result.runtime,
                 "split": config.data.val_split,
                 "num_images": result.num_images,
                 **{k: v for k, v in metrics.items() if k != "summary"},
@@ -275,7 +291,8 @@ def evaluate(spec: Spec | None = None, checkpoint: str | os.PathLike = "", overr
 # ----------------------------------------------------------------------- predict
 def predict(spec: Spec | None = None, checkpoint: str | os.PathLike = "", source: str | os.PathLike = "",
             out: str | os.PathLike | None = None, overrides: Overrides = None, *, overwrite: bool = False,
-            score_threshold: float | None = None, **arguments: Any) -> PredictResult:
+            score_threshold: float | None = None, model: str | os.PathLike | None = None,
+            **arguments: Any) -> PredictResult:
     """Run a checkpoint on an image or a folder; write predictions JSON and drawn images.
 
     Args:
@@ -286,6 +303,7 @@ def predict(spec: Spec | None = None, checkpoint: str | os.PathLike = "", source
         overrides: ``key=value`` strings or a dict of dotted keys applied to the checkpoint's config.
         overwrite: write into a non-empty ``out``.
         score_threshold: lowest score drawn on the images (all detections go to the JSON).
+        model: an ``.onnx`` file written by ``export``, run by onnxruntime, instead of ``checkpoint``.
         **arguments: ``accelerator`` (``cpu`` or ``gpu``; default: a GPU when there is one).
 
     Returns:
@@ -298,17 +316,60 @@ def predict(spec: Spec | None = None, checkpoint: str | os.PathLike = "", source
     """
     from cvtrain.prediction import run_prediction
 
-    checkpoint = Path(checkpoint)
-    payload = read_checkpoint(checkpoint)
+    task = None
+    if model is not None:  # an exported file: onnxruntime in place of the network, the rest as for a checkpoint
+        from cvtrain.export.runtime import load_onnx_task
+
+        payload, task = load_onnx_task(model, device=arguments.get("accelerator"))
+    else:
+        checkpoint = Path(checkpoint)
+        payload = read_checkpoint(checkpoint)
     config = _config_for_checkpoint(payload, None, overrides, None, {})
     if spec is not None:
         config = _config_for_checkpoint(payload, spec, overrides, None, {})
     if score_threshold is not None:
         config.eval.score_threshold = score_threshold
-    task = load_task(checkpoint, payload)
+    task = load_task(checkpoint, payload) if task is None else task
     task.config.eval.score_threshold = config.eval.score_threshold  # the task draws with its own config
     out_dir = _fresh_dir(Path(out) if out else None, "predict", overwrite)
-    return run_prediction(task, config, Path(source), out_dir, device=arguments.get("accelerator"))
+    started = time.perf_counter()
+    result = run_prediction(task, config, Path(source), out_dir, device=arguments.get("accelerator"))
+    result.runtime = "PyTorch" if model is None else "onnxruntime"
+    result.images_per_second = result.num_images / max(time.perf_counter() - started, 1e-9)
+    return result
+
+
+# ------------------------------------------------------------------------ export
+def export(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None, *, format: str = "onnx",
+           opset: int | None = None, image_size: tuple[int, int] | list[int] | None = None, dynamic_size: bool = False,
+           batch: int | None = None, images: str | os.PathLike | None = None, verify: str | os.PathLike | None = None,
+           overwrite: bool = False):
+    """Export a checkpoint to ONNX and prove with onnxruntime that it answers as PyTorch does (docs/export.md).
+
+    Args:
+        checkpoint: a ``.ckpt`` written by ``fit``.
+        out: the file to write; default ``<run>/export/<checkpoint name>.onnx``.
+        format: ``onnx``.
+        opset: ONNX opset, 11 to 20; default 17.
+        image_size: ``(height, width)`` to fix the input size; default: height and width are dynamic.
+        dynamic_size: say explicitly that height and width are dynamic (the default).
+        batch: fix the batch; default 1 for detection and instance models, dynamic for semantic ones.
+        images: an image file or folder for the parity check; default: the checkpoint's validation images.
+        verify: an existing ``.onnx`` file to check against the checkpoint instead of exporting.
+        overwrite: replace an existing file.
+
+    Returns:
+        ``ExportResult``: the file, its input shape, and the ``ParityReport`` (worst differences, images/s).
+
+    Raises:
+        ParityError: onnxruntime and PyTorch disagree; the file is kept as ``<out>.unverified`` (exit code 1).
+    """
+    from cvtrain.export.workflow import export_checkpoint, verify_export
+
+    if verify is not None:
+        return verify_export(checkpoint, verify, images=images)
+    return export_checkpoint(checkpoint, out, export_format=format, opset=opset, image_size=image_size,
+                             dynamic_size=dynamic_size, batch=batch, images=images, overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------- convert

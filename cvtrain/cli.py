@@ -1,4 +1,4 @@
-"""``cvtrain fit|check|evaluate|predict|convert``: a thin shell over ``cvtrain.api``.
+"""``cvtrain fit|check|evaluate|predict|convert|export``: a thin shell over ``cvtrain.api``.
 
 User mistakes print one line (what, where, how to fix) and exit 2 without a
 traceback; ``--debug`` shows the traceback.
@@ -73,13 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="score a checkpoint: COCO stats by pycocotools, or mIoU")
     _common(evaluate, spec_required=False)
     _runtime(evaluate)
-    evaluate.add_argument("--checkpoint", required=True)
+    _model_source(evaluate)
     evaluate.add_argument("--split", help="split to score (default: data.val_split)")
     evaluate.add_argument("--out", help="folder for metrics.json (default <run>/evaluate-<split>)")
 
     predict = commands.add_parser("predict", help="predict on an image or a folder")
     _common(predict, spec_required=False)
-    predict.add_argument("--checkpoint", required=True)
+    _model_source(predict)
     predict.add_argument("--source", required=True, help="image file or folder")
     predict.add_argument("--out", help="output folder (default runs/predict[-N])")
     predict.add_argument("--score-threshold", type=float, help="lowest score drawn on images")
@@ -96,7 +96,28 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--segments", action="store_true", help="YOLO: write polygons as segmentation lines")
     convert.add_argument("overrides", nargs="*", metavar="key=value", help="data.* overrides of the input description")
     convert.add_argument("--debug", action="store_true", help="show tracebacks")
+    export = commands.add_parser("export", help="export a checkpoint to ONNX, checked against PyTorch by onnxruntime")
+    export.add_argument("--checkpoint", required=True)
+    export.add_argument("--format", default="onnx", choices=["onnx"])
+    export.add_argument("--out", help="file to write (default <run>/export/<checkpoint name>.onnx)")
+    export.add_argument("--opset", type=int, help="ONNX opset, 11 to 20 (default 17)")
+    size = export.add_mutually_exclusive_group()
+    size.add_argument("--image-size", nargs=2, type=int, metavar=("H", "W"), help="fix the input's height and width")
+    size.add_argument("--dynamic-size", action="store_true", help="dynamic height and width (the default)")
+    export.add_argument(
+        "--batch", type=int, help="fix the batch (detection and instance: 1 unless given; semantic: dynamic)"
+    )
+    export.add_argument("--images", help="image file or folder for the parity check (default: the validation images)")
+    export.add_argument("--verify", metavar="ONNX", help="check an existing export against the checkpoint instead")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    export.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
+
+
+def _model_source(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a .ckpt written by cvtrain fit")
+    source.add_argument("--model", help="an .onnx file written by cvtrain export, run by onnxruntime")
 
 
 def _runtime_arguments(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
@@ -147,36 +168,24 @@ def run(args: argparse.Namespace) -> int:
             print(f"best checkpoint: {result.best_checkpoint}\nrun directory:   {result.run_dir}")
         return 0
     if args.command == "evaluate":
-        result = api.evaluate(
-            args.config,
-            args.checkpoint,
-            args.overrides,
-            data=args.data,
-            split=args.split,
-            out=args.out,
-            **_runtime_arguments(args, runtime),
-        )
+        result = api.evaluate(args.config, args.checkpoint or "", args.overrides, data=args.data, split=args.split,
+                              out=args.out, model=args.model, **_runtime_arguments(args, runtime))
         if is_rank_zero():
             _print_metrics(f"{result.num_images} images:", result.metrics, result.per_class)
-            print(f"metrics: {result.out_dir / 'metrics.json'}")
+            print(f"metrics: {result.out_dir / 'metrics.json'} "
+                  f"({result.runtime}, {result.images_per_second:.1f} images/s)")
         return 0
     if args.command == "predict":
-        result = api.predict(
-            args.config,
-            args.checkpoint,
-            args.source,
-            args.out,
-            args.overrides,
-            overwrite=args.overwrite,
-            score_threshold=args.score_threshold,
-            **_runtime_arguments(args, ("accelerator",)),
-        )
+        result = api.predict(args.config, args.checkpoint or "", args.source, args.out, args.overrides,
+                             overwrite=args.overwrite, score_threshold=args.score_threshold, model=args.model,
+                             **_runtime_arguments(args, ("accelerator",)))
         if result.task == "semantic_segmentation":
             print(f"{result.num_images} images: index masks in {result.out_dir / 'masks'}, colour masks in "
                   f"{result.out_dir / 'colour'}, overlays in {result.out_dir / 'images'}; {result.predictions_file}")
         else:
             print(f"{result.num_detections} detections on {result.num_images} images: {result.predictions_file}, "
                   f"drawn images in {result.out_dir / 'images'}")
+        print(f"{result.runtime}: {result.images_per_second:.1f} images/s")
         return 0
     if args.command == "convert":
         result = api.convert(args.data, args.to, args.out, args.overrides, images=args.images, segments=args.segments)
@@ -185,7 +194,29 @@ def run(args: argparse.Namespace) -> int:
         print("not carried over:" + "".join(f"\n  {line}" for line in result.lost) if result.lost
               else "not carried over: nothing")
         return 0
+    if args.command == "export":
+        return _export(args, api)
     raise AssertionError(args.command)
+
+
+def _export(args: argparse.Namespace, api) -> int:
+    """Export (or ``--verify``), print the parity table and verdict; a failed parity check exits 1."""
+    from cvtrain.export.workflow import ParityError
+
+    try:
+        result = api.export(args.checkpoint, args.out, format=args.format, opset=args.opset, image_size=args.image_size,
+                            dynamic_size=args.dynamic_size, batch=args.batch, images=args.images, verify=args.verify,
+                            overwrite=args.overwrite)
+    except ParityError as error:
+        print(error.result.parity.table())
+        print(error.result.parity.summary())
+        raise
+    print(result.parity.table())
+    print(result.parity.summary())
+    made = f"exported in {result.seconds:.1f} s, opset {result.opset}, " if result.opset else ""
+    print(f"{result.path}: {made}input {result.input.describe()}, {result.size_bytes / 2**20:.1f} MB; "
+          f"parity report {result.parity_file}")
+    return 0
 
 
 def _quiet_libraries() -> None:

@@ -82,15 +82,20 @@ class EvaluateResult:
         per_class: per-class AP or IoU.
         out_dir: where ``metrics.json`` was written.
         num_images: images scored.
+        runtime: ``PyTorch``, or ``onnxruntime`` for an exported model.
+        images_per_second: end to end: loading, the model, scoring.
     """
 
     metrics: dict[str, Any]
     per_class: dict[str, Any]
     out_dir: Path | None
     num_images: int = 0
+    runtime: str = "PyTorch"
+    images_per_second: float = 0.0
 
     def _repr_html_(self) -> str:
-        return _html("cvtrain evaluate", {"images": self.num_images, **summary_metrics(self.metrics)}, self.per_class)
+        rows = {"images": self.num_images, "runtime": self.runtime, "images/s": round(self.images_per_second, 1)}
+        return _html("cvtrain evaluate", {**rows, **summary_metrics(self.metrics)}, self.per_class)
 
 
 @dataclass
@@ -103,6 +108,8 @@ class PredictResult:
         num_images: images predicted.
         num_detections: records written (detections; for semantic segmentation, one per image).
         task: the checkpoint's task.
+        runtime: ``PyTorch``, or ``onnxruntime`` for an exported model.
+        images_per_second: end to end: reading, the model, writing.
     """
 
     out_dir: Path
@@ -110,6 +117,8 @@ class PredictResult:
     num_images: int
     num_detections: int
     task: str = "detection"
+    runtime: str = "PyTorch"
+    images_per_second: float = 0.0
 
     def _repr_html_(self) -> str:
         return _html("cvtrain predict", {"out_dir": self.out_dir, "images": self.num_images,
