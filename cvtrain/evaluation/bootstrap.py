@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -163,15 +165,19 @@ class DetectionBootstrap:
         chosen = set(image_ids)
         return np.array([[1.0 if i in chosen else 0.0 for i in self.image_ids]])
 
-    def statistics(self, weights: np.ndarray, chunk: int = 256) -> dict[str, np.ndarray]:
+    def statistics(self, weights: np.ndarray, chunk: int = 128) -> dict[str, np.ndarray]:
         """AP, AP50 and AP75 (area all, 100 detections) for each row of ``weights`` ``(rows, num_images)``;
         -1 where no category has ground truth, as pycocotools."""
         weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-        parts = [self._statistics(weights[start:start + chunk]) for start in range(0, len(weights), chunk)]
+        chunks = [weights[start:start + chunk] for start in range(0, len(weights), chunk)]
+        # NumPy releases the GIL in its loops: chunks of rows run in parallel threads
+        with ThreadPoolExecutor(max_workers=max(1, min(len(chunks), os.cpu_count() or 1))) as pool:
+            parts = list(pool.map(self._statistics, chunks))
         return {name: np.concatenate([part[name] for part in parts]) for name in ("AP", "AP50", "AP75")}
 
     def _statistics(self, weights: np.ndarray) -> dict[str, np.ndarray]:
         rows = len(weights)
+        columns = np.ascontiguousarray(weights.T)  # (num_images, rows): points along axis 0 below
         t50 = int(np.argmin(np.abs(self.iou_thresholds - 0.5)))
         t75 = int(np.argmin(np.abs(self.iou_thresholds - 0.75)))
         sums = {"AP": np.zeros(rows), "AP50": np.zeros(rows), "AP75": np.zeros(rows)}
@@ -185,39 +191,50 @@ class DetectionBootstrap:
             for group in category.groups:
                 if group.union.size == 0:
                     continue
-                counted = np.cumsum(np.asarray(group.segments @ weights.T), axis=0)  # (len(union), rows)
+                counted = np.cumsum(np.asarray(group.segments @ columns), axis=0)  # (len(union), rows)
                 for t in group.thresholds:
-                    per_threshold[:, t] = self._mean_precision(category.thresholds[t], counted, weights,
+                    per_threshold[:, t] = self._mean_precision(category.thresholds[t], counted, columns,
                                                                ground_truths)
             valid_counts += valid
             sums["AP"] += np.where(valid, per_threshold.mean(axis=1), 0.0)
             sums["AP50"] += np.where(valid, per_threshold[:, t50], 0.0)
             sums["AP75"] += np.where(valid, per_threshold[:, t75], 0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return {name: np.where(valid_counts > 0, total / np.maximum(valid_counts, 1), -1.0)
-                    for name, total in sums.items()}
+        return {name: np.where(valid_counts > 0, total / np.maximum(valid_counts, 1), -1.0)
+                for name, total in sums.items()}
 
-    def _mean_precision(self, threshold: _Threshold, counted: np.ndarray, weights: np.ndarray,
+    def _mean_precision(self, threshold: _Threshold, counted: np.ndarray, columns: np.ndarray,
                         ground_truths: np.ndarray) -> np.ndarray:
-        """Mean interpolated precision over the recall thresholds, per row, for one category and IoU."""
-        rows, points = len(weights), len(threshold.positions)
+        """Mean interpolated precision over the recall thresholds, per row, for one category and IoU.
+
+        Arrays are ``(points, rows)``: the curve's points at true positives, one column per resample.
+        """
+        points, rows = len(threshold.positions), columns.shape[1]
         recalls = self.recall_thresholds
         if points == 0:
             return np.zeros(rows)
-        true_positives = np.cumsum(weights[:, threshold.images], axis=1)  # (rows, points)
-        detections = counted[threshold.in_union].T  # true + false positives up to each point
-        with np.errstate(invalid="ignore", divide="ignore"):
-            recall = true_positives / ground_truths[:, None]
+        true_positives = np.cumsum(columns[threshold.images], axis=0)
+        detections = counted[threshold.in_union]  # true + false positives up to each point
+        recall = true_positives / np.maximum(ground_truths, 1)  # rows without ground truth are dropped later
         precision = true_positives / (detections + np.spacing(1))
-        precision = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
-        # first point whose recall reaches each threshold: the number of points below it
-        reached = np.searchsorted(recalls, np.where(np.isfinite(recall), recall, 0.0).ravel(), side="right")
+        precision = np.maximum.accumulate(precision[::-1], axis=0)[::-1]
+        reached = _thresholds_reached(recall, recalls)  # how many recall thresholds each point reaches
+        # the first point reaching threshold m is the number of points that reach m or fewer thresholds
         bins = len(recalls) + 1
-        histogram = np.bincount((np.arange(rows)[:, None] * bins + reached.reshape(rows, points)).ravel(),
-                                minlength=rows * bins).reshape(rows, bins)
-        first = np.cumsum(histogram, axis=1)[:, :len(recalls)]
-        readings = np.take_along_axis(precision, np.minimum(first, points - 1), axis=1)
-        return np.where(first < points, readings, 0.0).mean(axis=1)
+        histogram = np.bincount((reached + np.arange(rows) * bins).ravel(), minlength=rows * bins)
+        first = np.cumsum(histogram.reshape(rows, bins), axis=1)[:, :len(recalls)].T  # (thresholds, rows)
+        readings = np.take_along_axis(precision, np.minimum(first, points - 1), axis=0)
+        return np.where(first < points, readings, 0.0).mean(axis=0)
+
+
+def _thresholds_reached(recall: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(thresholds, recall, side='right')`` for pycocotools' 101 evenly spaced recall
+    thresholds: a guess from ``floor(recall * 100)``, corrected by the same float comparisons."""
+    steps = len(thresholds) - 1
+    padded = np.concatenate([[-np.inf], thresholds, [np.inf]])
+    guess = np.clip(np.floor(recall * steps).astype(np.int64) + 1, 0, len(thresholds))
+    guess += padded[guess + 1] <= recall
+    guess -= padded[guess] > recall
+    return guess
 
 
 class SegmentationBootstrap:
