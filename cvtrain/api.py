@@ -58,9 +58,17 @@ class EvaluateResult:
     per_class: dict[str, Any]
     out_dir: Path | None
     num_images: int = 0
+    intervals: dict[str, Any] = field(default_factory=dict)  # "<metric>_ci95": [low, high] (bootstrap over images)
+    baseline: dict[str, Any] | None = None  # the no-model detection baseline (prior boxes)
+    slices: Any = None  # SliceReport: per-slice scores, the worst slice
+    robustness: Any = None  # RobustnessResult with --corruptions
+    comparison: dict[str, Any] | None = None  # paired difference with --compare
+    analysis: Any = field(default=None, repr=False)  # per-resample statistics, for --compare
+    config: Config | None = field(default=None, repr=False)
 
     def _repr_html_(self) -> str:
-        return _table("cvtrain evaluate", {"images": self.num_images, **self.metrics})
+        intervals = {k: f"[{v[0]:.4f}, {v[1]:.4f}]" for k, v in self.intervals.items() if v}
+        return _table("cvtrain evaluate", {"images": self.num_images, **self.metrics, **intervals})
 
 
 @dataclass
@@ -136,6 +144,13 @@ def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | No
         per_class=best.get("per_class", {}),
         seconds=time.time() - started,
     )
+    if config.task != "semantic_segmentation" and is_rank_zero() and result.metrics:
+        from cvtrain.evaluation.baselines import detection_baseline  # semantic: baseline_mIoU is in the metrics
+
+        baseline = detection_baseline(datamodule.train_index, datamodule.val_index)
+        if baseline is not None:
+            result.metrics["baseline_mAP"] = baseline["mAP"]
+            write_json(run_dir / "baseline.json", baseline)
     return result
 
 
@@ -201,7 +216,8 @@ def _config_for_checkpoint(payload: dict[str, Any], spec: Spec | None, overrides
     trained = payload["hyper_parameters"]["config"]
     if spec is not None:
         given = load_config(spec, data=data).model_dump(mode="json")
-        tree = {**trained, "data": given["data"], "eval": given["eval"]}
+        tree = {**trained, "data": given["data"], "eval": given["eval"], "tests": given["tests"],
+                "slices": given["slices"]}
         data = None
     else:
         tree = dict(trained)
@@ -214,15 +230,42 @@ def _config_for_checkpoint(payload: dict[str, Any], spec: Spec | None, overrides
 
 def evaluate(spec: Spec | None = None, checkpoint: str | os.PathLike = "", overrides: Overrides = None, *,
              data: str | os.PathLike | None = None, split: str | None = None, out: str | os.PathLike | None = None,
-             **arguments: Any) -> EvaluateResult:
+             corruptions: Iterable[str] | str | None = None, severities: Iterable[int] | None = None,
+             compare: str | os.PathLike | None = None, resamples: int = 1000, seed: int = 0,
+             progress: bool = True, **arguments: Any) -> EvaluateResult:
     """Score a checkpoint on a split with pycocotools and write ``metrics.json``.
+
+    Besides the scores: 95 % bootstrap intervals over images (``"<metric>_ci95"``), the no-model baseline
+    (detection: prior boxes; semantic segmentation: the majority class), and per-slice scores
+    (``docs/testing-models.md``).
 
     Args:
         spec: spec whose dataset to use; default: the one the checkpoint was trained on.
         checkpoint: a ``.ckpt`` written by ``fit``.
         split: split to score; default ``data.val_split``.
         out: folder for ``metrics.json``; default ``<run>/evaluate-<split>``.
+        corruptions: also score the split under these corruptions (names or families, ``"all"``); writes
+            ``robustness.json``, ``robustness.html`` and TensorBoard scalars into ``out``.
+        severities: corruption severities (default 1 to 5).
+        compare: a second checkpoint, scored on the same images; the paired bootstrap difference
+            (second - first) goes to ``result.comparison`` and ``compare.json``.
+        resamples: bootstrap resamples (0: no intervals); seed: their seed and the corruption noise's.
+
+    Raises:
+        CvtrainError: unreadable checkpoint, a model that does not fit the data, unknown corruption.
     """
+    if compare is not None:
+        return _evaluate_pair(spec, checkpoint, compare, overrides, data=data, split=split, out=out,
+                              resamples=resamples, seed=seed, progress=progress, **arguments)
+    if corruptions is not None:  # cheap checks before the expensive pass
+        from cvtrain.evaluation.corruptions import corruption_names
+
+        try:
+            corruptions = corruption_names(corruptions if isinstance(corruptions, str) else list(corruptions))
+        except ValueError as error:
+            raise CvtrainError(str(error), hint="e.g. --corruptions noise fog, or --corruptions alone for all 15") from None
+        if severities is not None and any(s not in (1, 2, 3, 4, 5) for s in severities):
+            raise CvtrainError(f"severities are 1 to 5, got {list(severities)}", hint="e.g. --severities 1-5")
     checkpoint = Path(checkpoint)
     payload = read_checkpoint(checkpoint)
     config = _config_for_checkpoint(payload, spec, overrides, data, arguments)
@@ -233,15 +276,93 @@ def evaluate(spec: Spec | None = None, checkpoint: str | os.PathLike = "", overr
     task = load_task(checkpoint, payload)
     out_dir = Path(out) if out else checkpoint.resolve().parent.parent / f"evaluate-{config.data.val_split}"
     datamodule = DataModule.for_evaluation(config, index)
-    trainer = build_trainer(config, out_dir, monitor=task.monitor, logger=False, checkpoints=False)
+    from cvtrain.evaluation.analysis import analyse
+    from cvtrain.evaluation.inference import PredictionCollector
+
+    collector = PredictionCollector()
+    trainer = build_trainer(config, out_dir, monitor=task.monitor, logger=False, checkpoints=False,
+                            callbacks=[collector])
     trainer.validate(task, datamodule=datamodule, verbose=False)
     metrics = task.last_metrics
-    result = EvaluateResult(metrics=metrics.get("scalars", {}), per_class=metrics.get("per_class", {}),
-                            out_dir=out_dir, num_images=metrics.get("num_images", 0))
+    analysis = analyse(task, config, index, datamodule.val_index, collector, resamples=resamples, seed=seed)
+    scalars = dict(metrics.get("scalars", {}))
+    if analysis.baseline is not None:
+        scalars["baseline_mAP"] = analysis.baseline["mAP"]
+    result = EvaluateResult(metrics=scalars, per_class=metrics.get("per_class", {}), out_dir=out_dir,
+                            num_images=metrics.get("num_images", 0), intervals=analysis.intervals,
+                            baseline=analysis.baseline, slices=analysis.slices, analysis=analysis, config=config)
+    if corruptions is not None and is_rank_zero():
+        from cvtrain.evaluation.robustness import run_robustness
+
+        result.robustness = run_robustness(task, config, datamodule.val_index, corruptions=corruptions,
+                                           severities=severities, clean=metrics, seed=seed, progress=progress)
+        result.robustness.write(out_dir)
     if is_rank_zero():
         write_json(out_dir / "metrics.json", {"checkpoint": str(checkpoint), "split": config.data.val_split,
-                                              "num_images": result.num_images, **{k: v for k, v in metrics.items() if k != "summary"}})
+                                              "num_images": result.num_images,
+                                              **{k: v for k, v in metrics.items() if k != "summary"},
+                                              "scalars": scalars, **analysis.to_json()})
     return result
+
+
+def _evaluate_pair(spec: Spec | None, first: str | os.PathLike, second: str | os.PathLike, overrides: Overrides, *,
+                   out: str | os.PathLike | None, resamples: int, seed: int, **options: Any) -> EvaluateResult:
+    """``evaluate`` of ``first``, then of ``second`` on the same data, and their paired bootstrap difference."""
+    from cvtrain.evaluation.analysis import compare
+
+    if resamples <= 0:
+        raise CvtrainError("a comparison needs bootstrap resamples", hint="give --resamples 1000 (the default)")
+    for path in (first, second):
+        read_checkpoint(path)  # both readable before either is scored
+    base = Path(out) if out else None
+    one = evaluate(spec, first, overrides, out=base / "first" if base else None, resamples=resamples, seed=seed,
+                   **options)
+    options.pop("data", None)  # the second checkpoint is scored on the first one's resolved data
+    two = evaluate(one.config, second, overrides, out=base / "second" if base else None, resamples=resamples,
+                   seed=seed, **options)
+    one.comparison = compare(one.analysis, two.analysis, one.metrics, two.metrics)
+    one.comparison.update({"first": {"checkpoint": str(first), "metrics": one.metrics, "intervals": one.intervals},
+                           "second": {"checkpoint": str(second), "metrics": two.metrics, "intervals": two.intervals}})
+    if is_rank_zero():
+        write_json((base or one.out_dir) / "compare.json", one.comparison)
+    return one
+
+
+# -------------------------------------------------------------------------- test
+def test(spec: Spec | None = None, checkpoint: str | os.PathLike = "", overrides: Overrides = None, *,
+         data: str | os.PathLike | None = None, split: str | None = None, out: str | os.PathLike | None = None,
+         progress: bool = True, **arguments: Any):
+    """Run the spec's model tests (``tests`` section: flip, brightness, background, removal, corruption, slices).
+
+    Args:
+        spec: spec whose ``tests``, dataset and evaluation sections to use; default: the checkpoint's own.
+        checkpoint: a ``.ckpt`` written by ``fit``.
+        split: split to test on; default ``data.val_split``.
+        out: folder for ``tests.json``, ``junit.xml`` and ``tests.html``; default ``<run>/test-<split>``.
+
+    Returns:
+        ``TestReport``: ``.outcomes``, ``.passed``, ``.exit_code`` (1 when a test failed), a table in a notebook.
+
+    Raises:
+        CvtrainError: no tests declared, a test that does not apply to the task, unreadable checkpoint.
+    """
+    from cvtrain.evaluation.model_tests import run_model_tests
+
+    checkpoint = Path(checkpoint)
+    payload = read_checkpoint(checkpoint)
+    config = _config_for_checkpoint(payload, spec, overrides, data, arguments)
+    if split:
+        config.data.val_split = split
+    if not config.tests.enabled():
+        raise CvtrainError("the spec declares no model tests", where="tests",
+                           hint="add e.g. 'tests: {flip: {}, brightness: {}}' (see docs/testing-models.md)")
+    index = build_index(config.data)
+    check_checkpoint_fits(payload["hyper_parameters"], config.task, index.task, index.class_names, checkpoint)
+    task = load_task(checkpoint, payload)
+    val = DataModule.for_evaluation(config, index).val_index
+    report = run_model_tests(task, config, index, val, progress=progress, checkpoint=str(checkpoint))
+    report.write(Path(out) if out else checkpoint.resolve().parent.parent / f"test-{config.data.val_split}")
+    return report
 
 
 # ----------------------------------------------------------------------- predict

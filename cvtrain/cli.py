@@ -1,4 +1,4 @@
-"""``cvtrain fit|check|evaluate|predict``: a thin shell over ``cvtrain.api``.
+"""``cvtrain fit|check|evaluate|test|predict``: a thin shell over ``cvtrain.api``.
 
 User mistakes print one line (what, where, how to fix) and exit 2 without a
 traceback; ``--debug`` shows the traceback.
@@ -34,6 +34,21 @@ def _devices(text: str):
     return int(text) if text.isdigit() else text
 
 
+def _severities(text: str) -> list[int]:
+    """``1-5``, ``3`` or ``1,3,5``."""
+    try:
+        if "-" in text:
+            low, high = (int(part) for part in text.split("-", 1))
+            values = list(range(low, high + 1))
+        else:
+            values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a severity list (e.g. 1-5, 3 or 1,3,5)") from None
+    if not values or any(v not in (1, 2, 3, 4, 5) for v in values):
+        raise argparse.ArgumentTypeError(f"severities are 1 to 5, got {text!r}")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cvtrain", description="Config-driven training for detection and segmentation.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -62,9 +77,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="score a checkpoint: COCO stats by pycocotools, or mIoU")
     _common(evaluate, spec_required=False)
     _runtime(evaluate)
-    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--checkpoint", help="the checkpoint to score (or two with --compare)")
     evaluate.add_argument("--split", help="split to score (default: data.val_split)")
     evaluate.add_argument("--out", help="folder for metrics.json (default <run>/evaluate-<split>)")
+    evaluate.add_argument("--corruptions", nargs="*", metavar="NAME",
+                          help="also score under common corruptions: names or noise, blur, weather, digital "
+                               "(alone: all 15); writes robustness.json/.html")
+    evaluate.add_argument("--severities", type=_severities, help="corruption severities: 1-5 (default), 3, 1,3,5")
+    evaluate.add_argument("--compare", nargs=2, metavar=("CKPT_A", "CKPT_B"),
+                          help="score two checkpoints on the same images: the paired difference B - A and its "
+                               "95 %% bootstrap interval")
+    evaluate.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the 95 %% intervals "
+                                                                      "(0: none)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the resamples and of the corruption noise")
+
+    test = commands.add_parser("test", help="run the spec's model tests (flip, brightness, background, removal, "
+                                            "corruption, slices); exit 1 when one fails")
+    _common(test, spec_required=False)
+    test.add_argument("--checkpoint", required=True)
+    test.add_argument("--split", help="split to test on (default: data.val_split)")
+    test.add_argument("--out", help="folder for tests.json, junit.xml, tests.html (default <run>/test-<split>)")
+    test.add_argument("--accelerator", help="cpu or gpu")
 
     predict = commands.add_parser("predict", help="predict on an image or a folder")
     _common(predict, spec_required=False)
@@ -83,7 +116,7 @@ def _runtime_arguments(args: argparse.Namespace, names: tuple[str, ...]) -> dict
 
 def _print_metrics(title: str, metrics: dict, per_class: dict) -> None:
     keys = [k for k in ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "segm_AP", "mIoU", "baseline_mIoU",
-                        "pixel_accuracy") if k in metrics]
+                        "pixel_accuracy", "baseline_mAP") if k in metrics]
     # pycocotools' -1: no ground truth in that size range (the quick start has no large objects)
     print(title + "  " + "  ".join(f"{k} {'n/a' if metrics[k] < 0 else f'{metrics[k]:.4f}'}" for k in keys))
     for iou_type, classes in per_class.items():
@@ -103,7 +136,10 @@ def run(args: argparse.Namespace) -> int:
                          skip_checks=args.skip_checks,
                          **_runtime_arguments(args, runtime + ("run_dir", "seed", "max_epochs", "max_steps", "fast_dev_run")))
         if is_rank_zero():
+            from cvtrain.evaluation.report import baseline_lines
+
             _print_metrics(f"done in {result.seconds:.0f} s; best validation:", result.metrics, result.per_class)
+            print("\n".join(baseline_lines(result.metrics)))
             print(f"best checkpoint: {result.best_checkpoint}\nrun directory:   {result.run_dir}")
         return 0
     if args.command == "check":
@@ -111,12 +147,25 @@ def run(args: argparse.Namespace) -> int:
 
         return run_check_command(args)
     if args.command == "evaluate":
-        result = api.evaluate(args.config, args.checkpoint, args.overrides, data=args.data, split=args.split, out=args.out,
-                              **_runtime_arguments(args, runtime))
+        from cvtrain.evaluation.report import evaluation_lines
+
+        if bool(args.checkpoint) == bool(args.compare):
+            raise CvtrainError("give --checkpoint CKPT, or --compare CKPT_A CKPT_B",
+                               hint="cvtrain evaluate --checkpoint runs/x/checkpoints/best.ckpt")
+        first, second = args.compare if args.compare else (args.checkpoint, None)
+        result = api.evaluate(args.config, first, args.overrides, data=args.data, split=args.split, out=args.out,
+                              corruptions=args.corruptions, severities=args.severities, compare=second,
+                              resamples=args.resamples, seed=args.seed, **_runtime_arguments(args, runtime))
         if is_rank_zero():
             _print_metrics(f"{result.num_images} images:", result.metrics, result.per_class)
-            print(f"metrics: {result.out_dir / 'metrics.json'}")
+            print("\n".join(evaluation_lines(result)))
         return 0
+    if args.command == "test":
+        result = api.test(args.config, args.checkpoint, args.overrides, data=args.data, split=args.split,
+                          out=args.out, **_runtime_arguments(args, ("accelerator",)))
+        print(result.summary_table())
+        print(f"report: {result.out_dir / 'tests.json'}, {result.out_dir / 'junit.xml'}")
+        return result.exit_code
     if args.command == "predict":
         result = api.predict(args.config, args.checkpoint, args.source, args.out, args.overrides, overwrite=args.overwrite,
                              score_threshold=args.score_threshold, **_runtime_arguments(args, ("accelerator",)))

@@ -176,6 +176,7 @@ class TrainerConfig(StrictModel):
 
 
 from cvtrain.curation.config import ChecksConfig  # noqa: E402  (it builds on StrictModel above)
+from cvtrain.evaluation.settings import SlicesConfig, TestsConfig  # noqa: E402  (likewise)
 
 
 class Config(StrictModel):
@@ -189,6 +190,8 @@ class Config(StrictModel):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     checks: ChecksConfig = Field(default_factory=ChecksConfig)  # dataset checks before training (cvtrain check)
+    tests: TestsConfig = Field(default_factory=TestsConfig)  # model tests of cvtrain test (flip, background, ...)
+    slices: SlicesConfig = Field(default_factory=SlicesConfig)  # per-slice scores of cvtrain evaluate
     run_dir: Path | None = None  # default: runs/<spec name>[-N]
     name: str | None = None  # run name; default: the spec file's stem
 
