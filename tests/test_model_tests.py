@@ -7,8 +7,6 @@ failing model wraps it with one dependence a test is meant to catch.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -243,27 +241,28 @@ def test_evaluate_writes_intervals_baseline_slices_and_compares(shapes, one_thre
     assert (tmp_path / "pair" / "second" / "metrics.json").is_file()
 
 
-def test_cli_test_exit_codes_json_and_junit(shapes, tmp_path):
+def test_cli_test_exit_codes_json_and_junit(shapes, tmp_path, capsys):
+    from cvtrain.cli import main
+
     tree = spec(shapes, flip={}, brightness={"max_drop": 0.05})
     checkpoint = save_checkpoint(tmp_path / "run" / "checkpoints" / "x.ckpt", tree, 0)
-    passing = tmp_path / "passing.yaml"
-    passing.write_text(yaml.safe_dump(tree))
-    failing = tmp_path / "failing.yaml"
-    failing.write_text(yaml.safe_dump(spec(shapes, flip={}, removal={})))
+    specs = {"passing": tree, "failing": spec(shapes, flip={}, removal={}), "none": spec(shapes)}
+    for name, content in specs.items():
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(content))
 
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "cvtrain", "test", "--checkpoint", str(checkpoint), *args],
-                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    def cli(name: str) -> tuple[int, str, str]:
+        code = main(["test", "--checkpoint", str(checkpoint), "-c", str(tmp_path / f"{name}.yaml"),
+                     "--out", str(tmp_path / name)])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
 
-    ok = cli("-c", str(passing), "--out", str(tmp_path / "ok"))
-    assert ok.returncode == 0, ok.stderr
-    assert "flip" in ok.stdout and "2 passed, 0 failed" in ok.stdout
-    bad = cli("-c", str(failing), "--out", str(tmp_path / "bad"))
-    assert bad.returncode == 1, bad.stderr
-    report = json.loads((tmp_path / "bad" / "tests.json").read_text())
+    code, out, _ = cli("passing")
+    assert code == 0 and "flip" in out and "2 passed, 0 failed" in out
+    code, out, _ = cli("failing")  # an untrained model finds nothing: removal has nothing to judge
+    assert code == 1 and "FAIL" in out
+    report = json.loads((tmp_path / "failing" / "tests.json").read_text())
     assert [t["passed"] for t in report["tests"]] == [True, False] and report["passed"] is False
-    junit = (tmp_path / "bad" / "junit.xml").read_text()
+    junit = (tmp_path / "failing" / "junit.xml").read_text()
     assert 'tests="2" failures="1"' in junit and "<failure" in junit
-    none = cli("-c", str(tmp_path / "none.yaml")) if (tmp_path / "none.yaml").write_text(
-        yaml.safe_dump(spec(shapes))) else None
-    assert none.returncode == 2 and "declares no model tests" in none.stderr and "Traceback" not in none.stderr
+    code, _, err = cli("none")
+    assert code == 2 and "declares no model tests" in err
