@@ -4,10 +4,11 @@
     result = cvtrain.fit("configs/detection/quickstart.yaml", ["train.max_epochs=2"])
     cvtrain.evaluate(checkpoint=result.best_checkpoint)
     cvtrain.check("configs/detection/quickstart.yaml")  # the dataset checks fit runs first
+    cvtrain.test("configs/detection/quickstart.yaml", result.best_checkpoint)  # the spec's model tests
 """
 __version__ = "0.1.0"
 
-from cvtrain.api import EvaluateResult, FitResult, PredictResult, check, evaluate, fit, predict  # noqa: E402
+from cvtrain.api import EvaluateResult, FitResult, PredictResult, check, evaluate, fit, predict, test  # noqa: E402
 from cvtrain.config import Config, load_config, save_config  # noqa: E402
 from cvtrain.errors import CvtrainError  # noqa: E402
 
@@ -23,5 +24,6 @@ __all__ = [
     "load_config",
     "predict",
     "save_config",
+    "test",
     "__version__",
 ]

@@ -111,6 +111,13 @@ def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | No
         per_class=best.get("per_class", {}),
         seconds=time.time() - started,
     )
+    if config.task != "semantic_segmentation" and is_rank_zero() and result.metrics:
+        from cvtrain.evaluation.baselines import detection_baseline  # semantic: baseline_mIoU is in the metrics
+
+        baseline = detection_baseline(datamodule.train_index, datamodule.val_index)
+        if baseline is not None:
+            result.metrics["baseline_mAP"] = baseline["mAP"]
+            write_json(run_dir / "baseline.json", baseline)
     return result
 
 
@@ -210,7 +217,8 @@ def _config_for_checkpoint(payload: dict[str, Any], spec: Spec | None, overrides
     trained = payload["hyper_parameters"]["config"]
     if spec is not None:
         given = load_config(spec, data=data).model_dump(mode="json")
-        tree = {**trained, "data": given["data"], "eval": given["eval"]}
+        tree = {**trained, "data": given["data"], "eval": given["eval"], "tests": given["tests"],
+                "slices": given["slices"]}
         data = None
     else:
         tree = dict(trained)
@@ -223,8 +231,14 @@ def _config_for_checkpoint(payload: dict[str, Any], spec: Spec | None, overrides
 
 def evaluate(spec: Spec | None = None, checkpoint: str | os.PathLike = "", overrides: Overrides = None, *,
              data: str | os.PathLike | None = None, split: str | None = None, out: str | os.PathLike | None = None,
-             model: str | os.PathLike | None = None, **arguments: Any) -> EvaluateResult:
+             corruptions: Iterable[str] | str | None = None, severities: Iterable[int] | None = None,
+             compare: str | os.PathLike | None = None, resamples: int = 1000, seed: int = 0,
+             progress: bool = True, model: str | os.PathLike | None = None, **arguments: Any) -> EvaluateResult:
     """Score a checkpoint on a split with pycocotools and write ``metrics.json``.
+
+    Besides the scores: 95 % bootstrap intervals over images (``"<metric>_ci95"``), the no-model baseline
+    (detection: prior boxes; semantic segmentation: the majority class), and per-slice scores
+    (``docs/testing-models.md``).
 
     Args:
         spec: spec whose dataset (and ``eval`` section) to use; default: the one the checkpoint was trained on.
@@ -234,17 +248,40 @@ def evaluate(spec: Spec | None = None, checkpoint: str | os.PathLike = "", overr
         split: split to score; default ``data.val_split``.
         out: folder for ``metrics.json``; default ``<run>/evaluate-<split>`` (``evaluate-<model>-<split>``
             beside an exported model).
+        corruptions: also score the split under these corruptions (names or families, ``"all"``); writes
+            ``robustness.json``, ``robustness.html`` and TensorBoard scalars into ``out``.
+        severities: corruption severities (default 1 to 5).
+        compare: a second checkpoint, scored on the same images; the paired bootstrap difference
+            (second - first) goes to ``result.comparison`` and ``compare.json``.
+        resamples: bootstrap resamples (0: no intervals).
+        seed: the seed of the resamples and of the corruption noise.
+        progress: show progress bars.
         model: an ``.onnx`` file written by ``export``, run by onnxruntime, instead of ``checkpoint``.
         **arguments: ``accelerator``, ``devices``, ``gpus``, ``amp``, ``num_nodes``, as for ``fit``
             (default: one device of this machine, FP32).
 
     Returns:
-        ``EvaluateResult`` with the summary metrics, per-class scores, the output folder and the image count.
+        ``EvaluateResult`` with the summary metrics, 95 % intervals, the baseline, slices, robustness or the
+        comparison, per-class scores, the output folder and the image count.
 
     Raises:
         CheckpointError: the checkpoint is unreadable, or was trained for another task or other classes.
-        CvtrainError: the spec, dataset or flags are invalid.
+        CvtrainError: the spec, dataset or flags are invalid, or an unknown corruption.
     """
+    if compare is not None:
+        return _evaluate_pair(spec, checkpoint, compare, overrides, data=data, split=split, out=out,
+                              resamples=resamples, seed=seed, progress=progress, **arguments)
+    if corruptions is not None:  # cheap checks before the expensive pass
+        from cvtrain.evaluation.corruptions import corruption_names
+
+        try:
+            corruptions = corruption_names(corruptions if isinstance(corruptions, str) else list(corruptions))
+        except ValueError as error:
+            raise CvtrainError(
+                str(error), hint="e.g. --corruptions noise fog, or --corruptions alone for all 15"
+            ) from None
+        if severities is not None and any(s not in (1, 2, 3, 4, 5) for s in severities):
+            raise CvtrainError(f"severities are 1 to 5, got {list(severities)}", hint="e.g. --severities 1-5")
     task = None
     if model is not None:  # an exported file: onnxruntime in place of the network, the rest as for a checkpoint
         from cvtrain.export.runtime import load_onnx_task
@@ -265,27 +302,98 @@ def evaluate(spec: Spec | None = None, checkpoint: str | os.PathLike = "", overr
     out_dir = Path(out) if out else default_out
     datamodule = DataModule.for_evaluation(config, index)
     task.prepare(val_index=datamodule.val_index)
-    trainer = build_trainer(config, out_dir, monitor=task.monitor, logger=False, checkpoints=False)
+    from cvtrain.evaluation.analysis import analyse
+    from cvtrain.evaluation.inference import PredictionCollector
+
+    collector = PredictionCollector()
+    trainer = build_trainer(config, out_dir, monitor=task.monitor, logger=False, checkpoints=False,
+                            callbacks=[collector])
     started = time.perf_counter()
     trainer.validate(task, datamodule=datamodule, verbose=False)
     seconds = time.perf_counter() - started
     metrics = task.last_metrics
-    result = EvaluateResult(metrics=metrics.get("scalars", {}), per_class=metrics.get("per_class", {}),
-                            out_dir=out_dir, num_images=metrics.get("num_images", 0),
+    analysis = analyse(task, config, index, datamodule.val_index, collector, resamples=resamples, seed=seed)
+    scalars = dict(metrics.get("scalars", {}))
+    if analysis.baseline is not None:
+        scalars["baseline_mAP"] = analysis.baseline["mAP"]
+    result = EvaluateResult(metrics=scalars, per_class=metrics.get("per_class", {}), out_dir=out_dir,
+                            num_images=metrics.get("num_images", 0), intervals=analysis.intervals,
+                            baseline=analysis.baseline, slices=analysis.slices, analysis=analysis, config=config,
                             runtime="PyTorch" if model is None else "onnxruntime",
                             images_per_second=metrics.get("num_images", 0) / max(seconds, 1e-9))
+    if corruptions is not None and is_rank_zero():
+        from cvtrain.evaluation.robustness import run_robustness
+
+        result.robustness = run_robustness(task, config, datamodule.val_index, corruptions=corruptions,
+                                           severities=severities, clean=metrics, seed=seed, progress=progress)
+        result.robustness.write(out_dir)
     if is_rank_zero():
-        write_json(
-            out_dir / "metrics.json",
-            {
-                "checkpoint" if model is None else "model": str(checkpoint),
-                "runtime": result.runtime,
-                "split": config.data.val_split,
-                "num_images": result.num_images,
-                **{k: v for k, v in metrics.items() if k != "summary"},
-            },
-        )
+        write_json(out_dir / "metrics.json", {"checkpoint" if model is None else "model": str(checkpoint),
+                                              "runtime": result.runtime, "split": config.data.val_split,
+                                              "num_images": result.num_images,
+                                              **{k: v for k, v in metrics.items() if k != "summary"},
+                                              "scalars": scalars, **analysis.to_json()})
     return result
+
+
+def _evaluate_pair(spec: Spec | None, first: str | os.PathLike, second: str | os.PathLike, overrides: Overrides, *,
+                   out: str | os.PathLike | None, resamples: int, seed: int, **options: Any) -> EvaluateResult:
+    """``evaluate`` of ``first``, then of ``second`` on the same data, and their paired bootstrap difference."""
+    from cvtrain.evaluation.analysis import compare
+
+    if resamples <= 0:
+        raise CvtrainError("a comparison needs bootstrap resamples", hint="give --resamples 1000 (the default)")
+    for path in (first, second):
+        read_checkpoint(path)  # both readable before either is scored
+    base = Path(out) if out else None
+    one = evaluate(spec, first, overrides, out=base / "first" if base else None, resamples=resamples, seed=seed,
+                   **options)
+    options.pop("data", None)  # the second checkpoint is scored on the first one's resolved data
+    two = evaluate(one.config, second, overrides, out=base / "second" if base else None, resamples=resamples,
+                   seed=seed, **options)
+    one.comparison = compare(one.analysis, two.analysis, one.metrics, two.metrics)
+    one.comparison.update({"first": {"checkpoint": str(first), "metrics": one.metrics, "intervals": one.intervals},
+                           "second": {"checkpoint": str(second), "metrics": two.metrics, "intervals": two.intervals}})
+    if is_rank_zero():
+        write_json((base or one.out_dir) / "compare.json", one.comparison)
+    return one
+
+
+# -------------------------------------------------------------------------- test
+def test(spec: Spec | None = None, checkpoint: str | os.PathLike = "", overrides: Overrides = None, *,
+         data: str | os.PathLike | None = None, split: str | None = None, out: str | os.PathLike | None = None,
+         progress: bool = True, **arguments: Any):
+    """Run the spec's model tests (``tests`` section: flip, brightness, background, removal, corruption, slices).
+
+    Args:
+        spec: spec whose ``tests``, dataset and evaluation sections to use; default: the checkpoint's own.
+        checkpoint: a ``.ckpt`` written by ``fit``.
+        split: split to test on; default ``data.val_split``.
+        out: folder for ``tests.json``, ``junit.xml`` and ``tests.html``; default ``<run>/test-<split>``.
+
+    Returns:
+        ``TestReport``: ``.outcomes``, ``.passed``, ``.exit_code`` (1 when a test failed), a table in a notebook.
+
+    Raises:
+        CvtrainError: no tests declared, a test that does not apply to the task, unreadable checkpoint.
+    """
+    from cvtrain.evaluation.model_tests import run_model_tests
+
+    checkpoint = Path(checkpoint)
+    payload = read_checkpoint(checkpoint)
+    config = _config_for_checkpoint(payload, spec, overrides, data, arguments)
+    if split:
+        config.data.val_split = split
+    if not config.tests.enabled():
+        raise CvtrainError("the spec declares no model tests", where="tests",
+                           hint="add e.g. 'tests: {flip: {}, brightness: {}}' (see docs/testing-models.md)")
+    index = build_index(config.data)
+    check_checkpoint_fits(payload["hyper_parameters"], config.task, index.task, index.class_names, checkpoint)
+    task = load_task(checkpoint, payload)
+    val = DataModule.for_evaluation(config, index).val_index
+    report = run_model_tests(task, config, index, val, progress=progress, checkpoint=str(checkpoint))
+    report.write(Path(out) if out else checkpoint.resolve().parent.parent / f"test-{config.data.val_split}")
+    return report
 
 
 # ----------------------------------------------------------------------- predict

@@ -1,4 +1,4 @@
-"""``cvtrain fit|check|evaluate|predict|convert|export``: a thin shell over ``cvtrain.api``.
+"""``cvtrain fit|check|evaluate|test|predict|convert|export``: a thin shell over ``cvtrain.api``.
 
 User mistakes print one line (what, where, how to fix) and exit 2 without a
 traceback; ``--debug`` shows the traceback.
@@ -38,6 +38,21 @@ def _devices(text: str):
     return int(text) if text.isdigit() else text
 
 
+def _severities(text: str) -> list[int]:
+    """``1-5``, ``3`` or ``1,3,5``."""
+    try:
+        if "-" in text:
+            low, high = (int(part) for part in text.split("-", 1))
+            values = list(range(low, high + 1))
+        else:
+            values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a severity list (e.g. 1-5, 3 or 1,3,5)") from None
+    if not values or any(v not in (1, 2, 3, 4, 5) for v in values):
+        raise argparse.ArgumentTypeError(f"severities are 1 to 5, got {text!r}")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``cvtrain`` argument parser: one subcommand per verb of the API."""
     parser = argparse.ArgumentParser(
@@ -73,9 +88,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="score a checkpoint: COCO stats by pycocotools, or mIoU")
     _common(evaluate, spec_required=False)
     _runtime(evaluate)
-    _model_source(evaluate)
+    _model_source(evaluate, required=False)  # or --compare CKPT_A CKPT_B
     evaluate.add_argument("--split", help="split to score (default: data.val_split)")
     evaluate.add_argument("--out", help="folder for metrics.json (default <run>/evaluate-<split>)")
+    evaluate.add_argument("--corruptions", nargs="*", metavar="NAME",
+                          help="also score under common corruptions: names or noise, blur, weather, digital "
+                               "(alone: all 15); writes robustness.json/.html")
+    evaluate.add_argument("--severities", type=_severities, help="corruption severities: 1-5 (default), 3, 1,3,5")
+    evaluate.add_argument("--compare", nargs=2, metavar=("CKPT_A", "CKPT_B"),
+                          help="score two checkpoints on the same images: the paired difference B - A and its "
+                               "95 %% bootstrap interval")
+    evaluate.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the 95 %% intervals "
+                                                                      "(0: none)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the resamples and of the corruption noise")
+
+    test = commands.add_parser("test", help="run the spec's model tests (flip, brightness, background, removal, "
+                                            "corruption, slices); exit 1 when one fails")
+    _common(test, spec_required=False)
+    test.add_argument("--checkpoint", required=True)
+    test.add_argument("--split", help="split to test on (default: data.val_split)")
+    test.add_argument("--out", help="folder for tests.json, junit.xml, tests.html (default <run>/test-<split>)")
+    test.add_argument("--accelerator", help="cpu or gpu")
 
     predict = commands.add_parser("predict", help="predict on an image or a folder")
     _common(predict, spec_required=False)
@@ -114,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_source(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
+def _model_source(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    source = parser.add_mutually_exclusive_group(required=required)
     source.add_argument("--checkpoint", help="a .ckpt written by cvtrain fit")
     source.add_argument("--model", help="an .onnx file written by cvtrain export, run by onnxruntime")
 
@@ -164,17 +197,34 @@ def run(args: argparse.Namespace) -> int:
             **_runtime_arguments(args, runtime + ("run_dir", "seed", "max_epochs", "max_steps", "fast_dev_run")),
         )
         if is_rank_zero():
+            from cvtrain.evaluation.report import baseline_lines
+
             _print_metrics(f"done in {result.seconds:.0f} s; best validation:", result.metrics, result.per_class)
+            print("\n".join(baseline_lines(result.metrics)))
             print(f"best checkpoint: {result.best_checkpoint}\nrun directory:   {result.run_dir}")
         return 0
     if args.command == "evaluate":
-        result = api.evaluate(args.config, args.checkpoint or "", args.overrides, data=args.data, split=args.split,
-                              out=args.out, model=args.model, **_runtime_arguments(args, runtime))
+        from cvtrain.evaluation.report import evaluation_lines
+
+        if sum(map(bool, (args.checkpoint, args.model, args.compare))) != 1:
+            raise CvtrainError("give --checkpoint CKPT, --model MODEL.onnx, or --compare CKPT_A CKPT_B",
+                               hint="cvtrain evaluate --checkpoint runs/x/checkpoints/best.ckpt")
+        first, second = args.compare if args.compare else (args.checkpoint or "", None)
+        result = api.evaluate(args.config, first, args.overrides, data=args.data, split=args.split, out=args.out,
+                              corruptions=args.corruptions, severities=args.severities, compare=second,
+                              resamples=args.resamples, seed=args.seed, model=args.model,
+                              **_runtime_arguments(args, runtime))
         if is_rank_zero():
             _print_metrics(f"{result.num_images} images:", result.metrics, result.per_class)
-            print(f"metrics: {result.out_dir / 'metrics.json'} "
-                  f"({result.runtime}, {result.images_per_second:.1f} images/s)")
+            print("\n".join(evaluation_lines(result)))
+            print(f"({result.runtime}, {result.images_per_second:.1f} images/s)")
         return 0
+    if args.command == "test":
+        result = api.test(args.config, args.checkpoint, args.overrides, data=args.data, split=args.split,
+                          out=args.out, **_runtime_arguments(args, ("accelerator",)))
+        print(result.summary_table())
+        print(f"report: {result.out_dir / 'tests.json'}, {result.out_dir / 'junit.xml'}")
+        return result.exit_code
     if args.command == "predict":
         result = api.predict(args.config, args.checkpoint or "", args.source, args.out, args.overrides,
                              overwrite=args.overwrite, score_threshold=args.score_threshold, model=args.model,

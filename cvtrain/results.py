@@ -9,7 +9,7 @@ from typing import Any
 
 # The summary scalars in the order the CLI prints them.
 METRIC_ORDER = ("mAP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "segm_AP", "mIoU", "baseline_mIoU",
-                "pixel_accuracy")
+                "pixel_accuracy", "baseline_mAP")
 
 
 def metric_text(value: Any) -> str:
@@ -84,6 +84,13 @@ class EvaluateResult:
         num_images: images scored.
         runtime: ``PyTorch``, or ``onnxruntime`` for an exported model.
         images_per_second: end to end: loading, the model, scoring.
+        intervals: ``"<metric>_ci95": [low, high]``, bootstrap over images.
+        baseline: the no-model detection baseline (prior boxes), beside mAP.
+        slices: per-slice scores and the worst slice (``SliceReport``).
+        robustness: scores under corruptions (``RobustnessResult``), with ``--corruptions``.
+        comparison: the paired difference of two checkpoints, with ``--compare``.
+        analysis: per-resample statistics, for comparisons.
+        config: the config that was scored.
     """
 
     metrics: dict[str, Any]
@@ -92,10 +99,18 @@ class EvaluateResult:
     num_images: int = 0
     runtime: str = "PyTorch"
     images_per_second: float = 0.0
+    intervals: dict[str, Any] = field(default_factory=dict)
+    baseline: dict[str, Any] | None = None
+    slices: Any = None
+    robustness: Any = None
+    comparison: dict[str, Any] | None = None
+    analysis: Any = field(default=None, repr=False)
+    config: Any = field(default=None, repr=False)
 
     def _repr_html_(self) -> str:
         rows = {"images": self.num_images, "runtime": self.runtime, "images/s": round(self.images_per_second, 1)}
-        return _html("cvtrain evaluate", {**rows, **summary_metrics(self.metrics)}, self.per_class)
+        intervals = {k: f"[{v[0]:.4f}, {v[1]:.4f}]" for k, v in self.intervals.items() if v}
+        return _html("cvtrain evaluate", {**rows, **summary_metrics(self.metrics), **intervals}, self.per_class)
 
 
 @dataclass

@@ -11,16 +11,12 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from cvtrain.config.base import StrictModel
+from cvtrain.config.testing import SlicesConfig, TestsConfig
 
 Task = Literal["detection", "instance_segmentation", "semantic_segmentation"]
-
-
-class StrictModel(BaseModel):
-    """A config section: unknown keys, NaN and infinity are refused; assignments are validated."""
-
-    # NaN and inf are refused everywhere: a NaN learning rate is never what anyone meant.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 class SplitConfig(StrictModel):
@@ -246,6 +242,8 @@ class Config(StrictModel):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     checks: ChecksConfig = Field(default_factory=ChecksConfig)  # dataset checks before training (cvtrain check)
+    tests: TestsConfig = Field(default_factory=TestsConfig)  # model tests of cvtrain test (flip, background, ...)
+    slices: SlicesConfig = Field(default_factory=SlicesConfig)  # per-slice scores of cvtrain evaluate
     run_dir: Path | None = None  # default: runs/<spec name>[-N]
     name: str | None = None  # run name; default: the spec file's stem
 
