@@ -4,12 +4,15 @@
     result = cvtrain.fit("configs/detection/quickstart.yaml", ["train.max_epochs=2"])
     cvtrain.evaluate(checkpoint=result.best_checkpoint)
     cvtrain.check("configs/detection/quickstart.yaml")  # the dataset checks fit runs first
+    cvtrain.sweep("spec_with_a_sweep_section.yaml", trials=8)  # Optuna over spec keys (docs/sweep.md)
+
+``cvtrain.sweep`` is the function; the package behind it is imported as ``from cvtrain.sweep.runner import ...``.
 """
 __version__ = "0.1.0"
 
-from cvtrain.api import EvaluateResult, FitResult, PredictResult, check, evaluate, fit, predict  # noqa: E402
+from cvtrain.api import EvaluateResult, FitResult, PredictResult, check, evaluate, fit, predict, sweep  # noqa: E402
 from cvtrain.config import Config, load_config, save_config  # noqa: E402
 from cvtrain.errors import CvtrainError  # noqa: E402
 
 __all__ = ["Config", "CvtrainError", "EvaluateResult", "FitResult", "PredictResult", "check", "evaluate", "fit", "load_config",
-           "predict", "save_config", "__version__"]
+           "predict", "save_config", "sweep", "__version__"]

@@ -77,7 +77,8 @@ class PredictResult:
 
 # --------------------------------------------------------------------------- fit
 def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | None = None, resume: str | None = None,
-        overwrite: bool = False, skip_checks: bool = False, **arguments: Any) -> FitResult:
+        overwrite: bool = False, skip_checks: bool = False, callbacks: list[pl.Callback] | None = None,
+        **arguments: Any) -> FitResult:
     """Train the model a spec describes and evaluate it every epoch.
 
     Args:
@@ -89,6 +90,7 @@ def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | No
         overwrite: replace an existing run directory instead of starting a new one.
         skip_checks: train without checking the dataset first (see ``check``; the spec's ``checks``
             section tunes the checks and ``checks.on_error: drop`` trains without what is broken).
+        callbacks: more Lightning callbacks for the trainer (``cvtrain sweep`` adds its pruning callback).
         **arguments: CLI flags by name: ``amp``, ``gpus``, ``accelerator``, ``devices``, ``num_nodes``,
             ``seed``, ``max_epochs``, ``max_steps``, ``fast_dev_run``, ``run_dir``.
 
@@ -118,7 +120,8 @@ def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | No
     datamodule.unreadable_log = run_dir / SKIPPED_FILE
     task = TASKS[config.task](config.model_dump(mode="json"), index.class_names, [c.id for c in index.categories])
     metrics_file = MetricsFile(run_dir / "metrics.json")
-    trainer = build_trainer(config, run_dir, callbacks=[metrics_file, *resilience_callbacks(config, run_dir)],
+    trainer = build_trainer(config, run_dir, callbacks=[metrics_file, *resilience_callbacks(config, run_dir),
+                                                        *(callbacks or [])],
                             monitor=task.monitor)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP workers started by Lightning inherit it
     try:
@@ -278,3 +281,45 @@ def _fresh_dir(requested: Path | None, name: str, overwrite: bool) -> Path:
         raise CvtrainError("output folder is not empty", where=str(requested),
                            hint="give a new --out folder, or --overwrite to write into it")
     return requested
+
+
+# ------------------------------------------------------------------------- sweep
+def sweep(spec: Spec, overrides: Overrides = None, *, trials: int, data: str | os.PathLike | None = None,
+          parallel: int = 1, gpus_per_trial: int | None = None, storage: str | None = None, study: str | None = None,
+          sweep_dir: str | os.PathLike | None = None, skip_checks: bool = False, worker: int | None = None,
+          **arguments: Any):
+    """Search the spec's ``sweep.space`` with Optuna; every trial is a normal ``fit`` in ``<sweep_dir>/trial-NNN``.
+
+    Rerunning with the same spec and folder continues the study: finished trials are kept, a trial killed
+    mid-way runs again from its last checkpoint. See docs/sweep.md.
+
+    Args:
+        spec: YAML spec path, dict or ``Config`` with a ``sweep`` section.
+        overrides: ``key=value`` overrides, as for ``fit`` (they apply to every trial).
+        trials: trials with an outcome (complete, pruned, failed, diverged) the study should hold at the end.
+        data: dataset description YAML replacing the spec's ``data`` section.
+        parallel: worker processes on this machine, sharing the study through its storage.
+        gpus_per_trial: GPUs per trial (default 1 on a CUDA machine); more than 1 trains each trial with DDP.
+        storage: Optuna storage URL shared by workers on several machines (``postgresql://...``,
+            ``journal:/shared/sweep.log``); default ``sqlite:///<sweep_dir>/study.db``.
+        study: the study's name in the storage (default: the sweep folder's name).
+        sweep_dir: folder of the sweep (default ``runs/<spec name>-sweep``).
+        skip_checks: do not check the dataset first (by default it is checked once, for all trials).
+        worker: set by ``parallel`` in the processes it starts (no checks, no result files).
+        **arguments: flags applied to every trial: ``amp``, ``accelerator``, ``devices``, ``seed``,
+            ``max_epochs``, ``max_steps``.
+
+    Returns:
+        ``SweepResult``: ``.trials`` (the table), ``.best``, ``.best_spec`` (``best.yaml``), ``.report``
+        (``sweep.html``), ``.comparison`` (the best trial's lead against noise); a table in a notebook.
+
+    Raises:
+        ConfigError: a missing or invalid sweep section, a study started from another spec, a storage that
+            cannot be opened; all before anything trains.
+    """
+    from cvtrain.sweep.runner import run_sweep
+
+    config = load_config(spec, overrides, data=data, **arguments)
+    where = str(spec) if isinstance(spec, (str, os.PathLike)) else None
+    return run_sweep(config, trials=trials, sweep_dir=sweep_dir, storage=storage, study=study, parallel=parallel,
+                     gpus_per_trial=gpus_per_trial, skip_checks=skip_checks, worker=worker, where=where)

@@ -1,4 +1,4 @@
-"""``cvtrain fit|check|evaluate|predict``: a thin shell over ``cvtrain.api``.
+"""``cvtrain fit|sweep|check|evaluate|predict``: a thin shell over ``cvtrain.api``.
 
 User mistakes print one line (what, where, how to fix) and exit 2 without a
 traceback; ``--debug`` shows the traceback.
@@ -50,6 +50,26 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue from the run directory's newest valid checkpoint (last, periodic or best), or a given one")
     fit.add_argument("--overwrite", action="store_true", help="reuse an existing --run-dir, replacing its run")
     fit.add_argument("--skip-checks", action="store_true", help="train without checking the dataset first")
+
+    sweep = commands.add_parser("sweep", help="search hyperparameters with Optuna, each trial a fit (docs/sweep.md)")
+    _common(sweep, spec_required=True)
+    sweep.add_argument("--trials", type=int, required=True,
+                       help="trials with an outcome the study should hold; rerun the command to continue it")
+    sweep.add_argument("--parallel", type=int, default=1, help="worker processes on this machine (default 1)")
+    sweep.add_argument("--gpus-per-trial", type=int, help="GPUs per trial (default 1 on a CUDA machine; >1: DDP)")
+    sweep.add_argument("--storage", help="Optuna storage shared by workers: postgresql://..., journal:/shared/x.log "
+                                         "(default sqlite in the sweep folder)")
+    sweep.add_argument("--study", help="study name in the storage (default: the sweep folder's name)")
+    sweep.add_argument("--sweep-dir", help="sweep folder (default runs/<spec name>-sweep)")
+    sweep.add_argument("--skip-checks", action="store_true", help="do not check the dataset first")
+    sweep.add_argument("--amp", nargs="?", const="auto", choices=["auto", "fp16", "bf16", "off"],
+                       help="mixed precision for every trial, as for fit")
+    sweep.add_argument("--accelerator", help="auto, cpu, gpu, cuda, mps")
+    sweep.add_argument("--devices", type=_devices, help="devices per trial (e.g. --accelerator cpu --devices 2)")
+    sweep.add_argument("--seed", type=int)
+    sweep.add_argument("--max-epochs", type=int)
+    sweep.add_argument("--max-steps", type=int)
+    sweep.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by --parallel in its workers
 
     check = commands.add_parser("check", help="check a dataset: label sanity, class balance, leakage, files")
     check.add_argument("-c", "--config", help="YAML spec whose dataset and checks section to use")
@@ -105,6 +125,24 @@ def run(args: argparse.Namespace) -> int:
         if is_rank_zero():
             _print_metrics(f"done in {result.seconds:.0f} s; best validation:", result.metrics, result.per_class)
             print(f"best checkpoint: {result.best_checkpoint}\nrun directory:   {result.run_dir}")
+        return 0
+    if args.command == "sweep":
+        result = api.sweep(args.config, args.overrides, trials=args.trials, data=args.data, parallel=args.parallel,
+                           gpus_per_trial=args.gpus_per_trial, storage=args.storage, study=args.study,
+                           sweep_dir=args.sweep_dir, skip_checks=args.skip_checks, worker=args.worker_index,
+                           **_runtime_arguments(args, ("amp", "accelerator", "devices", "seed", "max_epochs",
+                                                       "max_steps")))
+        if args.worker_index is not None:
+            return 0
+        print(f"\n{result.table()}\n")
+        if result.best is None:
+            print(f"no trial completed; the table and report: {result.report}", file=sys.stderr)
+            return 1
+        _print_metrics(f"best: trial {result.best.number}, validation:", result.best.metrics, {})
+        if result.comparison:
+            print(result.comparison)
+        print(f"best spec: {result.best_spec}   (cvtrain fit -c {result.best_spec})\n"
+              f"report:    {result.report}\ntrials:    {result.summary}")
         return 0
     if args.command == "check":
         from cvtrain.curation.command import run_check_command

@@ -176,6 +176,7 @@ class TrainerConfig(StrictModel):
 
 
 from cvtrain.curation.config import ChecksConfig  # noqa: E402  (it builds on StrictModel above)
+from cvtrain.sweep.config import SweepConfig  # noqa: E402  (likewise)
 
 
 class Config(StrictModel):
@@ -189,6 +190,7 @@ class Config(StrictModel):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     checks: ChecksConfig = Field(default_factory=ChecksConfig)  # dataset checks before training (cvtrain check)
+    sweep: SweepConfig | None = None  # hyperparameter search of `cvtrain sweep` (docs/sweep.md); fit ignores it
     run_dir: Path | None = None  # default: runs/<spec name>[-N]
     name: str | None = None  # run name; default: the spec file's stem
 
