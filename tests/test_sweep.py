@@ -196,3 +196,68 @@ def test_mistakes_are_refused_before_anything_trains(shapes, grid, tmp_path):
     assert not (tmp_path / "never").exists()
     with pytest.raises(ConfigError, match="started from another spec: 'train.max_epochs' was 1, now 2"):
         cvtrain.sweep(QUICKSTART, {**base, "train.max_epochs": 2}, trials=4, sweep_dir=result.sweep_dir)
+
+
+def test_the_quickstart_sweep_section_and_list_choices():
+    from cvtrain.sweep.space import Space
+
+    config = cvtrain.load_config(QUICKSTART)
+    space = Space(config.sweep)
+    space.check(config)  # every end and choice builds a valid spec
+    scale = space.parameters[1]
+    assert scale.key == "augment.scale"
+    seen = []
+    for stored in scale.grid():
+        assert isinstance(stored, str)  # Optuna stores lists as their JSON text
+        value = scale.suggest(optuna.trial.FixedTrial({scale.key: stored}))
+        seen.append(value)
+        assert cvtrain.load_config(QUICKSTART, {"augment.scale": value}).augment.scale == tuple(value)
+    assert sorted(seen) == [[0.6, 1.4], [0.8, 1.2], [1.0, 1.0]]  # stored as JSON text, given back as lists
+    from cvtrain.sweep.config import RangeConfig
+    from cvtrain.sweep.space import Parameter
+
+    assert Parameter("train.batch_size", RangeConfig(low=4, high=16, step=4)).grid() == [4, 8, 12, 16]
+    assert Parameter("augment.hflip", RangeConfig(low=0.0, high=0.5, step=0.25)).grid() == [0.0, 0.25, 0.5]
+
+
+def test_lead_within_noise_by_interval_and_by_jitter(tmp_path):
+    from cvtrain.sweep.results import TrialRecord, compare
+
+    def trial(number, value, ci=None, history=None):
+        run_dir = tmp_path / f"trial-{number}"
+        if history is not None:
+            run_dir.mkdir()
+            (run_dir / "metrics.json").write_text(json.dumps({"history": [{"mAP": v} for v in history]}))
+        return TrialRecord(number, "complete", {}, value=value, ci95=ci, run_dir=str(run_dir))
+
+    # intervals: half-widths 0.05 and 0.04, margin sqrt(0.05² + 0.04²) = 0.0640
+    close = compare(trial(0, 0.50, [0.45, 0.55]), trial(1, 0.45, [0.41, 0.49]), "mAP")
+    assert close.method == "interval" and close.noise == pytest.approx(0.0640, abs=1e-4) and close.within_noise
+    far = compare(trial(2, 0.60, [0.58, 0.62]), trial(3, 0.50, [0.48, 0.52]), "mAP")
+    assert far.within_noise is False and "beyond noise" in far.sentence("mAP", 2, 3)
+    # no intervals: stdev of the last three validations, 1.96 * sqrt(s1² + s2²)
+    jitter = compare(trial(4, 0.52, history=[0.1, 0.50, 0.52, 0.51]), trial(5, 0.50, history=[0.49, 0.50]), "mAP")
+    s1, s2 = 0.01, 0.01 / 2**0.5  # stdev([0.50, 0.52, 0.51]), stdev([0.49, 0.50])
+    assert jitter.method == "epoch jitter" and jitter.noise == pytest.approx(1.96 * (s1**2 + s2**2) ** 0.5)
+    assert jitter.within_noise and jitter.sentence("mAP", 4, 5).startswith("warning")
+    unknown = compare(trial(6, 0.5, history=[0.5]), trial(7, 0.4, history=[0.4]), "mAP")
+    assert unknown.noise is None and "no way to tell" in unknown.sentence("mAP", 6, 7)
+
+
+def test_an_interrupted_trial_is_queued_again_once(tmp_path):
+    from cvtrain.sweep.study import counts, requeue_interrupted
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}")
+    finished = study.ask()
+    finished.suggest_float("train.optimizer.lr", 1e-4, 1e-1, log=True)
+    study.tell(finished, 0.3)
+    stopped = study.ask()
+    lr = stopped.suggest_float("train.optimizer.lr", 1e-4, 1e-1, log=True)
+    stopped.set_user_attr("status", "interrupted")  # what the objective records on Ctrl-C
+    study.tell(stopped, state=optuna.trial.TrialState.FAIL)
+    assert (counts(study).done, counts(study).waiting) == (1, 0)  # an interrupted trial spends no budget
+    assert requeue_interrupted(study, retries=1) == 1
+    assert requeue_interrupted(study, retries=1) == 0  # once
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].params == {"train.optimizer.lr": lr}
+    assert waiting[0].system_attrs["failed_trial"] == stopped.number

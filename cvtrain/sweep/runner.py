@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,7 +57,7 @@ class Sweep:
     trials: int
     gpus_per_trial: int | None
     trial_checks: bool  # trials check their dataset themselves (only under checks.on_error: drop)
-    worker: int  # 0 for the first or only worker
+    worker: int  # 0 for the first or only worker; added to the sampler's seed
     started: float = 0.0
 
 
@@ -100,8 +101,8 @@ def run_sweep(config: Config, *, trials: int, sweep_dir: str | os.PathLike | Non
     url = storage or default_storage(folder)
     gpus = _gpus_per_trial(gpus_per_trial, parallel if worker is None else 1, config)
     plan = Sweep(config, space, folder, url, study or folder.name, metric, trials, gpus,
-                 trial_checks=not skip_checks and config.checks.on_error == "drop", worker=worker or 0,
-                 started=time.time())
+                 trial_checks=not skip_checks and config.checks.on_error == "drop",
+                 worker=_worker_number(worker, shared=storage is not None), started=time.time())
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own line per trial; failures without tracebacks
     try:
@@ -126,6 +127,8 @@ def _run(plan: "Sweep", parallel: int, skip_checks: bool, worker: int | None, wh
             from cvtrain.data.loading import build_index
 
             build_index(config.data)  # generated datasets (format: shapes) are written once, before the workers
+    if worker is None:  # --parallel's workers leave this to the command that started them: once, not per worker
+        requeue_interrupted(the_study, config.sweep.retries)
     if parallel > 1 and worker is None:
         _run_workers(plan, the_study, parallel, skip_checks)
     else:
@@ -133,6 +136,19 @@ def _run(plan: "Sweep", parallel: int, skip_checks: bool, worker: int | None, wh
     from cvtrain.sweep.results import collect
 
     return collect(the_study, plan, write=worker is None)
+
+
+def _worker_number(worker: int | None, *, shared: bool) -> int:
+    """This worker's number, which the sampler adds to its seed: --parallel's index, the SLURM array task or the
+    Kubernetes Indexed Job's index; on a shared storage without either, a number drawn from host and process."""
+    if worker is not None:
+        return worker
+    for name in ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    if shared:
+        return zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 100_000
+    return 0
 
 
 def _metric(config: Config, where: str | None) -> str:
@@ -204,7 +220,6 @@ def work(plan: Sweep, study: "optuna.Study") -> None:
 
     sweep = plan.config.sweep
     objective = Objective(plan)
-    requeue_interrupted(study, sweep.retries)
     heartbeat = not is_journal(plan.storage)  # build_storage gives every RDB storage a heartbeat
     waiting_said = False
     while True:
