@@ -1,4 +1,4 @@
-"""``cvtrain fit|check|evaluate|test|predict|convert|export``: a thin shell over ``cvtrain.api``.
+"""``cvtrain fit|sweep|check|evaluate|test|predict|convert|export``: a thin shell over ``cvtrain.api``.
 
 User mistakes print one line (what, where, how to fix) and exit 2 without a
 traceback; ``--debug`` shows the traceback.
@@ -6,12 +6,10 @@ traceback; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
-import warnings
 
 from cvtrain.errors import CvtrainError
+from cvtrain.quiet import quiet_libraries
 
 
 def _common(parser: argparse.ArgumentParser, *, spec_required: bool) -> None:
@@ -76,6 +74,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--overwrite", action="store_true", help="reuse an existing --run-dir, replacing its run")
     fit.add_argument("--skip-checks", action="store_true", help="train without checking the dataset first")
+
+    sweep = commands.add_parser("sweep", help="search hyperparameters with Optuna, each trial a fit (docs/sweep.md)")
+    _common(sweep, spec_required=True)
+    sweep.add_argument("--trials", type=int, required=True,
+                       help="trials with an outcome the study should hold; rerun the command to continue it")
+    sweep.add_argument("--parallel", type=int, default=1, help="worker processes on this machine (default 1)")
+    sweep.add_argument("--gpus-per-trial", type=int, help="GPUs per trial (default 1 on a CUDA machine; >1: DDP)")
+    sweep.add_argument("--storage", help="Optuna storage shared by workers: postgresql://..., journal:/shared/x.log "
+                                         "(default sqlite in the sweep folder)")
+    sweep.add_argument("--study", help="study name in the storage (default: the sweep folder's name)")
+    sweep.add_argument("--sweep-dir", help="sweep folder (default runs/<spec name>-sweep)")
+    sweep.add_argument("--skip-checks", action="store_true", help="do not check the dataset first")
+    sweep.add_argument("--amp", nargs="?", const="auto", choices=["auto", "fp16", "bf16", "off"],
+                       help="mixed precision for every trial, as for fit")
+    sweep.add_argument("--accelerator", help="auto, cpu, gpu, cuda, mps")
+    sweep.add_argument("--devices", type=_devices, help="devices per trial (e.g. --accelerator cpu --devices 2)")
+    sweep.add_argument("--seed", type=int)
+    sweep.add_argument("--max-epochs", type=int)
+    sweep.add_argument("--max-steps", type=int)
+    sweep.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by --parallel in its workers
 
     check = commands.add_parser("check", help="check a dataset: label sanity, class balance, leakage, files")
     check.add_argument("-c", "--config", help="YAML spec whose dataset and checks section to use")
@@ -203,6 +221,26 @@ def run(args: argparse.Namespace) -> int:
             print("\n".join(baseline_lines(result.metrics)))
             print(f"best checkpoint: {result.best_checkpoint}\nrun directory:   {result.run_dir}")
         return 0
+    if args.command == "sweep":
+        from cvtrain.sweep.runner import sweep
+
+        result = sweep(args.config, args.overrides, trials=args.trials, data=args.data, parallel=args.parallel,
+                           gpus_per_trial=args.gpus_per_trial, storage=args.storage, study=args.study,
+                           sweep_dir=args.sweep_dir, skip_checks=args.skip_checks, worker=args.worker_index,
+                           **_runtime_arguments(args, ("amp", "accelerator", "devices", "seed", "max_epochs",
+                                                       "max_steps")))
+        if args.worker_index is not None:
+            return 0
+        print(f"\n{result.table()}\n")
+        if result.best is None:
+            print(f"no trial completed; the table and report: {result.report}", file=sys.stderr)
+            return 1
+        _print_metrics(f"best: trial {result.best.number}, validation:", result.best.metrics, {})
+        if result.comparison:
+            print(result.comparison)
+        print(f"best spec: {result.best_spec}   (cvtrain fit -c {result.best_spec})\n"
+              f"report:    {result.report}\ntrials:    {result.summary}")
+        return 0
     if args.command == "evaluate":
         from cvtrain.evaluation.report import evaluation_lines
 
@@ -269,17 +307,6 @@ def _export(args: argparse.Namespace, api) -> int:
     return 0
 
 
-def _quiet_libraries() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*predict_dataloader.*")
-    warnings.filterwarnings("ignore", category=UserWarning, module="albumentations")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-
 def _user_line(error: CvtrainError) -> str:
     """The error's one line. A DataLoader worker re-raises it with the worker's traceback as its message,
     whose last line is ``cvtrain.errors.DataError: <where>: <what> (<hint>)``."""
@@ -293,7 +320,7 @@ def _user_line(error: CvtrainError) -> str:
 def main(argv: list[str] | None = None) -> int:
     """The ``cvtrain`` command: parse ``argv``, run, print one line on a user error; returns the exit code."""
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()
     try:
         return run(args)
     except CvtrainError as error:

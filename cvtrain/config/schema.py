@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from cvtrain.config.base import StrictModel
+from cvtrain.config.sweep import SweepConfig
 from cvtrain.config.testing import SlicesConfig, TestsConfig
 
 Task = Literal["detection", "instance_segmentation", "semantic_segmentation"]
@@ -244,6 +245,7 @@ class Config(StrictModel):
     checks: ChecksConfig = Field(default_factory=ChecksConfig)  # dataset checks before training (cvtrain check)
     tests: TestsConfig = Field(default_factory=TestsConfig)  # model tests of cvtrain test (flip, background, ...)
     slices: SlicesConfig = Field(default_factory=SlicesConfig)  # per-slice scores of cvtrain evaluate
+    sweep: SweepConfig | None = None  # hyperparameter search of `cvtrain sweep` (docs/sweep.md); fit ignores it
     run_dir: Path | None = None  # default: runs/<spec name>[-N]
     name: str | None = None  # run name; default: the spec file's stem
 
