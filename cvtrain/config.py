@@ -175,6 +175,7 @@ class TrainerConfig(StrictModel):
     log_every_n_steps: int = Field(10, gt=0)
 
 
+from cvtrain.audit.config import AuditConfig  # noqa: E402  (it builds on StrictModel above)
 from cvtrain.curation.config import ChecksConfig  # noqa: E402  (it builds on StrictModel above)
 
 
@@ -189,6 +190,7 @@ class Config(StrictModel):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     checks: ChecksConfig = Field(default_factory=ChecksConfig)  # dataset checks before training (cvtrain check)
+    audit: AuditConfig = Field(default_factory=AuditConfig)  # label-error audit with fold models (cvtrain audit)
     run_dir: Path | None = None  # default: runs/<spec name>[-N]
     name: str | None = None  # run name; default: the spec file's stem
 
