@@ -9,8 +9,7 @@ from pycocotools import mask as mask_utils
 
 from cvtrain.audit.config import AuditConfig
 from cvtrain.audit.planting import _iou, error_counts, plant_errors, shifted_box
-from cvtrain.audit.scores import (box_iou, image_scores, mask_iou, region_statistics, score_annotations,
-                                  score_regions)
+from cvtrain.audit.scores import box_iou, image_scores, mask_iou, region_statistics, score_annotations, score_regions
 from cvtrain.data.formats.coco import read_coco
 
 SIZE = 100
@@ -53,7 +52,8 @@ def predictions_from_truth(coco: dict, seed: int = 1, masks: bool = False) -> li
 
     for annotation in coco["annotations"]:
         x, y, w, h = annotation["bbox"]
-        jitter = [x + rng.uniform(-1, 1), y + rng.uniform(-1, 1), w * rng.uniform(0.95, 1.05), h * rng.uniform(0.95, 1.05)]
+        jitter = [x + rng.uniform(-1, 1), y + rng.uniform(-1, 1), w * rng.uniform(0.95, 1.05),
+                  h * rng.uniform(0.95, 1.05)]
         add(annotation["image_id"], annotation["category_id"], jitter, rng.uniform(0.6, 0.95))
         other = rng.choice([c for c in (1, 2, 3) if c != annotation["category_id"]])
         add(annotation["image_id"], other, jitter, rng.uniform(0.05, 0.2))

@@ -27,6 +27,8 @@ class AuditConfig(StrictModel):
     match_iou: float = Field(0.5, gt=0.0, le=1.0)  # a prediction this close supports (or contradicts) the class
     near_iou: float = Field(0.1, gt=0.0, le=1.0)  # a same-class prediction this close means 'badly located'
     missing_iou: float = Field(0.3, gt=0.0, le=1.0)  # a prediction overlapping no annotation this much: 'missing'
+    # calibration: a model less sure than this of a class where it is annotated has not learned the class
+    min_threshold: float = Field(0.2, gt=0.0, le=1.0)  # per-class thresholds t_c are at least this
     # the report
     flag_threshold: float = Field(0.5, gt=0.0, le=1.0)  # records scoring at least this are flagged
     top: int = Field(48, ge=0)  # images drawn in audit.html's gallery

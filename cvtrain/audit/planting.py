@@ -128,8 +128,9 @@ def plant_errors(coco: dict[str, Any], counts: dict[str, int], seed: int = 0,
         for _ in range(50):
             box = [round(rng.uniform(0, image["width"] - w), 2), round(rng.uniform(0, image["height"] - h), 2), w, h]
             if all(_iou(box, other) == 0.0 for other in originals.get(image["id"], [])):
-                noisy["annotations"].append({"id": next_id, "image_id": image["id"], "category_id": rng.choice(categories),
-                                             "bbox": box, "area": float(w * h), "iscrowd": 0})
+                noisy["annotations"].append({"id": next_id, "image_id": image["id"],
+                                             "category_id": rng.choice(categories), "bbox": box,
+                                             "area": float(w * h), "iscrowd": 0})
                 originals.setdefault(image["id"], []).append(box)  # two added boxes do not overlap either
                 truth["spurious"].append(next_id)
                 next_id += 1

@@ -58,6 +58,7 @@ class Calibration:
     """Per-class thresholds from the out-of-fold scores; ``typical_iou`` is ``l_k`` (boxes and masks only)."""
 
     thresholds: dict[int, float]
+    raw_thresholds: dict[int, float] = field(default_factory=dict)  # before the audit.min_threshold floor
     typical_iou: dict[int, float] = field(default_factory=dict)
     supported: dict[int, float] = field(default_factory=dict)  # share of the class's annotations found confidently
 
@@ -82,7 +83,8 @@ def mask_iou(first: list[dict], second: list[dict]) -> np.ndarray:
 
     if not first or not second:
         return np.zeros((len(first), len(second)))
-    return np.asarray(mask_utils.iou(first, second, [0] * len(second)), dtype=np.float64).reshape(len(first), len(second))
+    overlaps = mask_utils.iou(first, second, [0] * len(second))
+    return np.asarray(overlaps, dtype=np.float64).reshape(len(first), len(second))
 
 
 def annotation_rle(annotation, height: int, width: int) -> dict:
@@ -174,21 +176,22 @@ def _evidence(index: DatasetIndex, image_id: int, predictions: list[dict], confi
             best_row = same[np.argmax(scores[same] * overlap[row, same])]
             located[row], located_iou[row], located_score[row] = best_row, overlap[row, best_row], scores[best_row]
     lonely = (overlap_all.max(axis=0) < config.missing_iou) if len(all_annotations) else np.ones(len(predictions), bool)
-    return _ImageEvidence(image_id, scored, labels, support, support_at, near, located, located_iou, located_score, boxes,
-                          pred_classes, scores, lonely, pairwise)
+    return _ImageEvidence(image_id, scored, labels, support, support_at, near, located, located_iou, located_score,
+                          boxes, pred_classes, scores, lonely, pairwise)
 
 
-def calibrate(evidence: Iterable[_ImageEvidence], num_classes: int, floor: float) -> tuple[np.ndarray, np.ndarray,
-                                                                                            np.ndarray]:
+def calibrate(evidence: list[_ImageEvidence], num_classes: int,
+              floor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-class thresholds ``t_c`` (mean self-confidence over the class's annotations, at least ``floor``), the
-    typical overlap ``l_c`` of confidently found annotations, and the share of annotations found confidently."""
+    same before the floor, the typical overlap ``l_c`` of confidently found annotations, and the share of
+    annotations found confidently."""
     sums, counts = np.zeros(num_classes), np.zeros(num_classes)
     for item in evidence:
         for label, row in zip(item.labels, item.support):
             sums[label] += row[label]
             counts[label] += 1
-    thresholds = np.where(counts > 0, sums / np.maximum(counts, 1), 1.0)
-    thresholds = np.maximum(thresholds, floor)
+    raw = np.where(counts > 0, sums / np.maximum(counts, 1), 1.0)
+    thresholds = np.maximum(raw, floor)
     overlaps: list[list[float]] = [[] for _ in range(num_classes)]
     for item in evidence:
         for label, iou, score in zip(item.labels, item.located_iou, item.located_score):
@@ -196,7 +199,7 @@ def calibrate(evidence: Iterable[_ImageEvidence], num_classes: int, floor: float
                 overlaps[label].append(iou)
     typical = np.array([float(np.median(values)) if values else 0.75 for values in overlaps])
     found = np.array([len(values) / counts[c] if counts[c] else 0.0 for c, values in enumerate(overlaps)])
-    return thresholds, typical, found
+    return thresholds, raw, typical, found
 
 
 def _box(values) -> list[float]:
@@ -224,7 +227,7 @@ def score_annotations(index: DatasetIndex, predictions: list[dict[str, Any]], co
             by_image[prediction["image_id"]].append(prediction)
     evidence = [_evidence(index, image.id, by_image[image.id], config, use_masks) for image in index.images]
     classes = index.num_classes
-    thresholds, typical, found = calibrate(evidence, classes, max(config.min_score, 1e-3))
+    thresholds, raw, typical, found = calibrate(evidence, classes, config.min_threshold)
     category_ids = [category.id for category in index.categories]
     records: list[Record] = []
     for item in evidence:
@@ -232,6 +235,7 @@ def score_annotations(index: DatasetIndex, predictions: list[dict[str, Any]], co
         records.extend(_missing_records(item, thresholds, category_ids, config))
     records.sort(key=lambda record: -record.score)
     calibration = Calibration(thresholds=dict(zip(category_ids, thresholds.tolist())),
+                              raw_thresholds=dict(zip(category_ids, raw.tolist())),
                               typical_iou=dict(zip(category_ids, typical.tolist())),
                               supported=dict(zip(category_ids, found.tolist())))
     return records, calibration
@@ -348,7 +352,8 @@ def score_regions(statistics: list[RegionStatistics], category_ids: list[int],
     classes = len(category_ids)
     sums = np.sum([s.class_sums for s in statistics], axis=0) if statistics else np.zeros(classes)
     counts = np.sum([s.class_counts for s in statistics], axis=0) if statistics else np.zeros(classes)
-    thresholds = np.maximum(np.where(counts > 0, sums / np.maximum(counts, 1), 1.0), 1.0 / max(classes, 1))
+    raw = np.where(counts > 0, sums / np.maximum(counts, 1), 1.0)
+    thresholds = np.maximum(raw, config.min_threshold)
     centres = (np.arange(HISTOGRAM_BINS) + 0.5) / HISTOGRAM_BINS
     weight = np.minimum(centres[None, :] / thresholds[:, None], 1.0)  # r_c of a pixel, by confidence bin
     records = []
@@ -366,7 +371,8 @@ def score_regions(statistics: list[RegionStatistics], category_ids: list[int],
                  "confidence": round(float(evidence[other] / region["pixels"]), 5)},
                 {"swapped": score, "self_confidence": region["self_confidence"]}))
     records.sort(key=lambda record: -record.score)
-    return records, Calibration(thresholds=dict(zip(category_ids, thresholds.tolist())))
+    return records, Calibration(thresholds=dict(zip(category_ids, thresholds.tolist())),
+                                raw_thresholds=dict(zip(category_ids, raw.tolist())))
 
 
 def image_scores(records: list[Record], image_ids: Iterable[int]) -> dict[int, float]:

@@ -29,6 +29,9 @@ class ChecksConfig(StrictModel):
     # what happens on errors before training
     on_error: Literal["stop", "drop"] = "stop"  # drop: train without the offending annotations/images
     severity_overrides: dict[str, Override] = Field(default_factory=dict)  # code -> severity, "off" silences
+    # audit.json of `cvtrain audit`: fit trains without the annotations it flags (relative paths: working directory)
+    audit: Path | None = None
+    audit_threshold: float = Field(0.5, gt=0.0, le=1.0)  # records scoring at least this are dropped
     # thresholds
     box_tolerance: float = Field(1.0, ge=0.0)  # pixels a box may reach past the image edge
     min_class_examples: int = Field(10, ge=0)  # fewer annotations of a class: class.rare
