@@ -129,3 +129,38 @@ def test_checkpoint_mode_says_its_scores_are_in_sample(audited, tmp_path):
                                   "per_class": {}}]
     with pytest.raises(cvtrain.CvtrainError, match="not empty"):
         cvtrain.audit(checkpoint=checkpoint, out=tmp_path / "in-sample")
+
+
+def test_semantic_masks_are_audited_by_region(tmp_path):
+    """A tiny semantic set (background and squares): one training step makes a checkpoint, whose audit scores every
+    connected region of the given masks and draws the masks in the gallery."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for folder in ("images", "masks"):
+        (tmp_path / "set" / folder).mkdir(parents=True)
+    regions = 0
+    for number in range(4):
+        image = rng.integers(0, 60, (48, 48, 3), dtype=np.uint8)
+        mask = np.zeros((48, 48), np.uint8)
+        x, y = rng.integers(4, 24, 2)
+        image[y:y + 16, x:x + 16] = 220
+        mask[y:y + 16, x:x + 16] = 1
+        regions += 2
+        Image.fromarray(image).save(tmp_path / "set/images" / f"{number}.png")
+        Image.fromarray(mask).save(tmp_path / "set/masks" / f"{number}.png")
+    spec = {"task": "semantic_segmentation",
+            "data": {"format": "masks", "root": str(tmp_path / "set"), "classes": ["background", "square"],
+                     "val_fraction": 0.25},
+            "model": {"name": "lraspp_mobilenet_v3_large"},
+            "train": {"max_epochs": 1, "max_steps": 1, "batch_size": 2, "image_size": 48, "num_workers": 0},
+            "trainer": {"accelerator": "cpu"}, "checks": {"workers": 1, "use_cache": False}}
+    fitted = cvtrain.fit(spec, run_dir=tmp_path / "run", skip_checks=True)
+    result = cvtrain.audit(spec, checkpoint=fitted.last_checkpoint, out=tmp_path / "audit", skip_checks=True)
+    payload = json.loads(result.audit_file.read_text())
+    assert payload["task"] == "semantic_segmentation" and payload["mode"] == "checkpoint"
+    assert len(payload["records"]) == regions  # the background and the square of each image
+    assert {r["given"]["category"] for r in payload["records"]} == {"background", "square"}
+    assert all(r["kind"] == "swapped" and r["annotation_id"] is None for r in payload["records"])
+    assert "data:image/jpeg;base64" in result.html_file.read_text()

@@ -60,7 +60,8 @@ def predictions_from_truth(coco: dict, seed: int = 1, masks: bool = False) -> li
     for image in coco["images"]:
         for _ in range(2):
             side = rng.uniform(5, 20)
-            add(image["id"], rng.randint(1, 3), [rng.uniform(0, 80), rng.uniform(0, 80), side, side], rng.uniform(0.05, 0.2))
+            box = [rng.uniform(0, 80), rng.uniform(0, 80), side, side]
+            add(image["id"], rng.randint(1, 3), box, rng.uniform(0.05, 0.2))
     return results
 
 
