@@ -29,6 +29,7 @@ from cvtrain.tasks import TASKS, load_task, read_checkpoint
 
 log = logging.getLogger("cvtrain")
 Spec = str | os.PathLike | Mapping[str, Any] | Config
+AUDIT_DIR_ENV = "CVTRAIN_AUDIT_DIR"  # lets the processes of a distributed fold model find rank 0's audit folder
 Overrides = Iterable[str] | Mapping[str, Any] | None
 
 
@@ -322,8 +323,6 @@ def audit(spec: Spec | None = None, overrides: Overrides = None, *, data: str | 
     Raises:
         CvtrainError: a bad spec, dataset, checkpoint or output path, before anything trains.
     """
-    from cvtrain.audit.runner import run_audit
-
     if spec is None and not checkpoint:
         raise CvtrainError("nothing to audit", hint="give a spec (-c spec.yaml), a --checkpoint, or both")
     checkpoint_path = Path(checkpoint) if checkpoint else None
@@ -342,7 +341,22 @@ def audit(spec: Spec | None = None, overrides: Overrides = None, *, data: str | 
     if suggest_path is not None and suggest_path.exists() and not overwrite:
         raise CvtrainError("suggestion file exists", where=str(suggest_path),
                            hint="give a new --suggest path, or --overwrite to replace it")
-    out_dir = _fresh_dir(Path(out) if out else None, f"audit-{config.name or 'run'}", overwrite or resume)
+    # The processes a distributed fold model starts re-run this command: they take rank 0's folder.
+    inherited = os.environ.get(AUDIT_DIR_ENV)
+    out_dir = Path(inherited) if inherited else _fresh_dir(Path(out) if out else None,
+                                                           f"audit-{config.name or 'run'}", overwrite or resume)
+    os.environ[AUDIT_DIR_ENV] = str(out_dir)
+    try:
+        return _audit_into(out_dir, config, payload, checkpoint_path, suggest_path, overwrite, skip_checks, arguments)
+    finally:
+        if not inherited:
+            os.environ.pop(AUDIT_DIR_ENV, None)
+
+
+def _audit_into(out_dir: Path, config: Config, payload, checkpoint_path, suggest_path, overwrite: bool,
+                skip_checks: bool, arguments: dict[str, Any]):
+    from cvtrain.audit.runner import run_audit
+
     index = build_index(config.data)
     if payload is not None:
         check_checkpoint_fits(payload["hyper_parameters"], config.task, index.task, index.class_names, checkpoint_path)
