@@ -6,12 +6,23 @@
     cvtrain.check("configs/detection/quickstart.yaml")  # the dataset checks fit runs first
     cvtrain.test("configs/detection/quickstart.yaml", result.best_checkpoint)  # the spec's model tests
     cvtrain.sweep("spec_with_a_sweep_section.yaml", trials=8)  # Optuna over spec keys (docs/sweep.md)
+    cvtrain.audit("configs/detection/quickstart.yaml")  # label errors found by fold models
 
 ``cvtrain.sweep`` is the function; the package behind it is imported as ``from cvtrain.sweep.runner import ...``.
 """
 __version__ = "0.1.0"
 
-from cvtrain.api import EvaluateResult, FitResult, PredictResult, check, evaluate, fit, predict, test  # noqa: E402
+from cvtrain.api import (  # noqa: E402
+    EvaluateResult,
+    FitResult,
+    PredictResult,
+    audit,
+    check,
+    evaluate,
+    fit,
+    predict,
+    test,
+)
 from cvtrain.config import Config, load_config, save_config  # noqa: E402
 from cvtrain.errors import CvtrainError  # noqa: E402
 from cvtrain.sweep.runner import sweep  # noqa: E402  (the verb on top of fit; its package stays cvtrain.sweep.*)
@@ -22,6 +33,7 @@ __all__ = [
     "EvaluateResult",
     "FitResult",
     "PredictResult",
+    "audit",
     "check",
     "evaluate",
     "fit",

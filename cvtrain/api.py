@@ -18,9 +18,11 @@ import pytorch_lightning as pl
 from pydantic import ValidationError
 
 from cvtrain.atomic import write_json
+from cvtrain.audit.apply import drop_flagged, read_audit
 from cvtrain.config import Config, TrainConfig, load_config, load_data_description, parse_override, save_config
 from cvtrain.config.explain import explain
 from cvtrain.config.schema import ChecksConfig
+from cvtrain.data.index import DatasetIndex
 from cvtrain.data.loading import build_index
 from cvtrain.data.module import DataModule
 from cvtrain.engine.callbacks import MetricsFile, fit_callbacks
@@ -41,13 +43,14 @@ from cvtrain.tasks import TASKS
 
 log = logging.getLogger("cvtrain")
 Spec = str | os.PathLike | Mapping[str, Any] | Config
+AUDIT_DIR_ENV = "CVTRAIN_AUDIT_DIR"  # lets the processes of a distributed fold model find rank 0's audit folder
 Overrides = Iterable[str] | Mapping[str, Any] | None
 
 
 # --------------------------------------------------------------------------- fit
 def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | None = None, resume: str | None = None,
         overwrite: bool = False, skip_checks: bool = False, callbacks: list[pl.Callback] | None = None,
-        **arguments: Any) -> FitResult:
+        index: DatasetIndex | None = None, **arguments: Any) -> FitResult:
     """Train the model a spec describes and evaluate it every epoch.
 
     Args:
@@ -60,6 +63,7 @@ def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | No
         skip_checks: train without checking the dataset first (see ``check``; the spec's ``checks``
             section tunes the checks and ``checks.on_error: drop`` trains without what is broken).
         callbacks: more Lightning callbacks for the trainer (``cvtrain sweep`` adds its pruning callback).
+        index: the dataset to train on, with its splits, instead of reading ``data`` (``audit``'s folds).
         **arguments: CLI flags by name: ``amp``, ``gpus``, ``accelerator``, ``devices``, ``num_nodes``,
             ``seed``, ``max_epochs``, ``max_steps``, ``fast_dev_run``, ``run_dir``.
 
@@ -75,7 +79,8 @@ def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | No
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
     run_dir = choose_run_dir(config.run_dir, config.name or "run", resume=resume is not None, overwrite=overwrite)
     resume_from = _resume_from(resume, run_dir)
-    index = build_index(config.data)
+    audit_file = read_audit(config.checks.audit) if config.checks.audit is not None else None
+    index = build_index(config.data) if index is None else index
     if resume_from is not None:
         check_checkpoint_fits(
             resume_from.hyper_parameters, config.task, index.task, index.class_names, resume_from.path
@@ -91,6 +96,11 @@ def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | No
             print(f"resuming from {resume_from.path} (epoch {resume_from.epoch}, step {resume_from.global_step})")
     if not skip_checks:
         index = _check_before_fit(index, config, run_dir)
+    if audit_file is not None:
+        index, dropped = drop_flagged(index, audit_file, config.checks.audit_threshold, run_dir, write=is_rank_zero())
+        if is_rank_zero():
+            print(f"audit: trained without {dropped.annotations} annotation(s) and {dropped.images} image(s) flagged "
+                  f"at score >= {dropped.threshold:g} in {audit_file.path} (listed in {dropped.listing})")
     datamodule = DataModule(config, index)
     datamodule.unreadable_log = run_dir / SKIPPED_FILE
     task = TASKS[config.task](config.model_dump(mode="json"), index.class_names, [c.id for c in index.categories])
@@ -535,3 +545,94 @@ def _fresh_dir(requested: Path | None, name: str, overwrite: bool) -> Path:
         raise CvtrainError("output folder is not empty", where=str(requested),
                            hint="give a new --out folder, or --overwrite to write into it")
     return requested
+
+
+# ------------------------------------------------------------------------- audit
+def audit(spec: Spec | None = None, overrides: Overrides = None, *, data: str | os.PathLike | None = None,
+          checkpoint: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+          suggest: str | os.PathLike | None = None, folds: int | None = None, max_epochs: int | None = None,
+          resume: bool = False, overwrite: bool = False, skip_checks: bool = False, **arguments: Any):
+    """Find label errors with a model: K fold models predict the images they did not train on, and every
+    annotation gets a score and a kind (swapped, badly located, spurious), as do objects nobody annotated (missing).
+
+    Args:
+        spec: YAML spec path, dict or ``Config``; its ``audit`` section sets folds, schedule and thresholds.
+            Optional with ``checkpoint`` (the checkpoint's spec and dataset are used).
+        overrides: ``key=value`` spec overrides, as for ``fit`` (``audit.folds=5``, ``audit.max_epochs=6``).
+        data: dataset description YAML replacing the spec's ``data`` section.
+        checkpoint: score with this model instead of training folds. Where it trained on the images the
+            scores are in-sample and under-report errors (``audit.json`` says so).
+        out: folder for the reports (must be new or empty unless ``resume``/``overwrite``);
+            default ``runs/audit-<name>[-N]``.
+        suggest: write a corrected COCO copy here for review (never over an existing file unless ``overwrite``).
+        folds, max_epochs: ``audit.folds`` and ``audit.max_epochs``.
+        resume: write into a used ``out``, keeping fold models that finished on the same images and schedule.
+        overwrite: write into a used ``out`` and train every fold model again.
+        skip_checks: audit without running the dataset checks first.
+        **arguments: runtime flags for the fold models: ``amp``, ``gpus``, ``accelerator``, ``devices``,
+            ``num_nodes``, ``seed``.
+
+    Returns:
+        ``AuditResult``: the files written (``audit.json``, ``audit.csv``, ``audit.html``), counts by kind and
+        the worst records; it shows as a table in a notebook.
+
+    Raises:
+        CvtrainError: a bad spec, dataset, checkpoint or output path, before anything trains.
+    """
+    if spec is None and not checkpoint:
+        raise CvtrainError("nothing to audit", hint="give a spec (-c spec.yaml), a --checkpoint, or both")
+    checkpoint_path = Path(checkpoint) if checkpoint else None
+    payload = read_checkpoint(checkpoint_path) if checkpoint_path is not None else None
+    if payload is not None:
+        config = _config_for_checkpoint(payload, spec, overrides, data, arguments)
+        if spec is not None:  # the audit section is the given spec's, not the one the model trained with
+            config.audit = load_config(spec, overrides, data=data).audit
+    else:
+        config = load_config(spec, overrides, data=data, **arguments)
+    if folds is not None:
+        config.audit.folds = folds
+    if max_epochs is not None:
+        config.audit.max_epochs = max_epochs
+    suggest_path = Path(suggest) if suggest else None
+    if suggest_path is not None and suggest_path.exists() and not overwrite:
+        raise CvtrainError("suggestion file exists", where=str(suggest_path),
+                           hint="give a new --suggest path, or --overwrite to replace it")
+    # The processes a distributed fold model starts re-run this command: they take rank 0's folder.
+    inherited = os.environ.get(AUDIT_DIR_ENV)
+    out_dir = Path(inherited) if inherited else _fresh_dir(Path(out) if out else None,
+                                                           f"audit-{config.name or 'run'}", overwrite or resume)
+    os.environ[AUDIT_DIR_ENV] = str(out_dir)
+    try:
+        return _audit_into(out_dir, config, payload, checkpoint_path, suggest_path, overwrite, skip_checks, arguments)
+    finally:
+        if not inherited:
+            os.environ.pop(AUDIT_DIR_ENV, None)
+
+
+def _audit_into(out_dir: Path, config: Config, payload, checkpoint_path, suggest_path, overwrite: bool,
+                skip_checks: bool, arguments: dict[str, Any]):
+    from cvtrain.audit.runner import run_audit
+
+    index = build_index(config.data)
+    if payload is not None:
+        check_checkpoint_fits(payload["hyper_parameters"], config.task, index.task, index.class_names, checkpoint_path)
+    rank_zero = is_rank_zero()
+    if rank_zero:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, out_dir / "config.yaml")
+        print(f"audit directory: {out_dir}")
+    if not skip_checks:
+        index = _check_before_fit(index, config, out_dir)
+    runtime = {key: value for key, value in arguments.items()
+               if key in ("amp", "gpus", "accelerator", "devices", "num_nodes", "seed")}
+    return run_audit(
+        config,
+        index,
+        out_dir,
+        fit=fit,
+        checkpoint=checkpoint_path,
+        suggest=suggest_path,
+        arguments=runtime,
+        reuse=not overwrite,
+        log=print if rank_zero else (lambda *_: None),
+    )

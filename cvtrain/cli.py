@@ -1,4 +1,4 @@
-"""``cvtrain fit|sweep|check|evaluate|test|predict|convert|export``: a thin shell over ``cvtrain.api``.
+"""``cvtrain fit|sweep|check|audit|evaluate|test|predict|convert|export``: a thin shell over ``cvtrain.api``.
 
 User mistakes print one line (what, where, how to fix) and exit 2 without a
 traceback; ``--debug`` shows the traceback.
@@ -127,6 +127,21 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--split", help="split to test on (default: data.val_split)")
     test.add_argument("--out", help="folder for tests.json, junit.xml, tests.html (default <run>/test-<split>)")
     test.add_argument("--accelerator", help="cpu or gpu")
+
+    audit = commands.add_parser("audit", help="find label errors with fold models: swapped, badly located, missing, "
+                                              "spurious annotations")
+    _common(audit, spec_required=False)
+    _runtime(audit)
+    audit.add_argument("--checkpoint", help="score with this model instead of training folds (in-sample scores "
+                                            "where it trained on the images)")
+    audit.add_argument("--folds", type=int, help="K fold models (audit.folds, default 4)")
+    audit.add_argument("--max-epochs", type=int, help="epochs of each fold model (audit.max_epochs)")
+    audit.add_argument("--seed", type=int)
+    audit.add_argument("--out", help="folder for audit.json, audit.csv, audit.html (default runs/audit-<name>[-N])")
+    audit.add_argument("--suggest", metavar="COCO_JSON", help="also write a corrected COCO copy there, for review")
+    audit.add_argument("--resume", action="store_true", help="write into a used --out, reusing finished fold models")
+    audit.add_argument("--overwrite", action="store_true", help="write into a used --out, training every fold again")
+    audit.add_argument("--skip-checks", action="store_true", help="audit without checking the dataset first")
 
     predict = commands.add_parser("predict", help="predict on an image or a folder")
     _common(predict, spec_required=False)
@@ -263,6 +278,24 @@ def run(args: argparse.Namespace) -> int:
         print(result.summary_table())
         print(f"report: {result.out_dir / 'tests.json'}, {result.out_dir / 'junit.xml'}")
         return result.exit_code
+    if args.command == "audit":
+        result = api.audit(args.config, args.overrides, data=args.data, checkpoint=args.checkpoint, out=args.out,
+                           suggest=args.suggest, folds=args.folds, max_epochs=args.max_epochs, resume=args.resume,
+                           overwrite=args.overwrite, skip_checks=args.skip_checks,
+                           **_runtime_arguments(args, runtime + ("seed",)))
+        if result is None:  # another rank of a distributed run: rank 0 reports
+            return 0
+        counts = ", ".join(f"{kind} {c['flagged']}" for kind, c in result.by_kind.items() if c["records"])
+        print(f"audit of {result.num_images} images, {result.num_annotations} annotations in {result.seconds:.0f} s: "
+              f"{result.flagged} flagged ({counts})")
+        if result.warning:
+            print(f"note: {result.warning}")
+        for row in result.top[:5]:
+            given = (row["given"] or {}).get("category") or "-"
+            print(f"  {row['score']:.3f} {row['kind']:<13} {row['file_name']} annotation {row['annotation_id']}: "
+                  f"{given} -> {row['suggested']['action']} {row['suggested'].get('category') or ''}".rstrip())
+        print(f"report: {result.html_file}\nrecords: {result.audit_file}, flagged for relabelling: {result.csv_file}")
+        return 0
     if args.command == "predict":
         result = api.predict(args.config, args.checkpoint or "", args.source, args.out, args.overrides,
                              overwrite=args.overwrite, score_threshold=args.score_threshold, model=args.model,

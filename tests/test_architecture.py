@@ -89,6 +89,7 @@ LAYERS = {  # a package may import its own layer and those below it, never one a
     "cvtrain.errors": 0, "cvtrain.atomic": 0, "cvtrain.config": 1, "cvtrain.data": 2, "cvtrain.models": 2,
     "cvtrain.evaluation": 2, "cvtrain.curation": 3, "cvtrain.tasks": 3, "cvtrain.engine": 4, "cvtrain.results": 4,
     "cvtrain.prediction": 5, "cvtrain.api": 6, "cvtrain.sweep": 6.5, "cvtrain.cli": 7,
+    "cvtrain.audit": 5,  # fold training gets fit handed in by the API
     # evaluation that runs models (through the tasks) sits beside prediction; the metrics themselves stay low
     "cvtrain.evaluation.inference": 5, "cvtrain.evaluation.analysis": 5, "cvtrain.evaluation.robustness": 5,
     "cvtrain.evaluation.model_tests": 5,

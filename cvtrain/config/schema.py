@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from cvtrain.config.audit import AuditConfig
 from cvtrain.config.base import StrictModel
 from cvtrain.config.sweep import SweepConfig
 from cvtrain.config.testing import SlicesConfig, TestsConfig
@@ -210,6 +211,9 @@ class ChecksConfig(StrictModel):
     # report size
     max_findings_per_code: int = Field(1000, ge=1)  # warnings/info listed per code (all are counted)
     crops: int = Field(24, ge=0)  # flagged annotations drawn in report.html
+    # audit.json of `cvtrain audit`: fit trains without the annotations it flags (relative paths: working directory)
+    audit: Path | None = None
+    audit_threshold: float = Field(0.5, gt=0.0, le=1.0)  # records scoring at least this are dropped
 
     @field_validator("severity_overrides", mode="before")
     @classmethod
@@ -245,6 +249,7 @@ class Config(StrictModel):
     checks: ChecksConfig = Field(default_factory=ChecksConfig)  # dataset checks before training (cvtrain check)
     tests: TestsConfig = Field(default_factory=TestsConfig)  # model tests of cvtrain test (flip, background, ...)
     slices: SlicesConfig = Field(default_factory=SlicesConfig)  # per-slice scores of cvtrain evaluate
+    audit: AuditConfig = Field(default_factory=AuditConfig)  # label-error audit with fold models (cvtrain audit)
     sweep: SweepConfig | None = None  # hyperparameter search of `cvtrain sweep` (docs/sweep.md); fit ignores it
     run_dir: Path | None = None  # default: runs/<spec name>[-N]
     name: str | None = None  # run name; default: the spec file's stem
