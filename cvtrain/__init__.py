@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 from cvtrain.api import EvaluateResult, FitResult, PredictResult, check, evaluate, fit, predict  # noqa: E402
 from cvtrain.config import Config, load_config, save_config  # noqa: E402
-from cvtrain.errors import CvtrainError  # noqa: E402
+from cvtrain.errors import CvtrainError, RunInterrupted  # noqa: E402
 
 __all__ = [
     "Config",
@@ -17,6 +17,7 @@ __all__ = [
     "EvaluateResult",
     "FitResult",
     "PredictResult",
+    "RunInterrupted",
     "check",
     "evaluate",
     "fit",
