@@ -84,7 +84,7 @@ class StopPoint:
 def stop_line(point: StopPoint, run_dir: Path | None, flags: tuple[str, ...] = ()) -> str:
     """The one line a stop prints: where, which checkpoint, and the command that continues the run."""
     where = f"at epoch {point.epoch} step {point.step}" if point.epoch is not None else "before training started"
-    parts = [f"interrupted {where}" + (" (stopped at once by a second signal; nothing saved)" if point.at_once else "")]
+    parts = [f"interrupted {where}" + (" (stopped at once by a second signal)" if point.at_once else "")]
     if point.checkpoint is not None and run_dir is not None:
         parts.append(f"checkpoint {point.checkpoint}")
         if point.requeued:
