@@ -24,7 +24,7 @@ from cvtrain.api import (  # noqa: E402
     test,
 )
 from cvtrain.config import Config, load_config, save_config  # noqa: E402
-from cvtrain.errors import CvtrainError  # noqa: E402
+from cvtrain.errors import CvtrainError, RunInterrupted  # noqa: E402
 from cvtrain.sweep.runner import sweep  # noqa: E402  (the verb on top of fit; its package stays cvtrain.sweep.*)
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "FitResult",
     "PredictResult",
     "audit",
+    "RunInterrupted",
     "check",
     "evaluate",
     "fit",

@@ -10,6 +10,8 @@ import logging
 import os
 import sys
 import time
+import uuid
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,8 +37,21 @@ from cvtrain.engine.checkpoints import (
     load_task,
     read_checkpoint,
 )
-from cvtrain.engine.rundir import SKIPPED_FILE, choose_run_dir, is_rank_zero, shared_with_workers, write_run_info
-from cvtrain.engine.trainer import build_trainer
+from cvtrain.engine.rundir import (
+    SKIPPED_FILE,
+    choose_run_dir,
+    has_checkpoint,
+    is_rank_zero,
+    output_dir,
+    read_run_info,
+    release_if_empty,
+    requeued_run,
+    shared_with_workers,
+    slurm_job_id,
+    write_run_info,
+)
+from cvtrain.engine.stopping import StopAtSafePoint, StopSignals, wait_for_parent
+from cvtrain.engine.trainer import build_trainer, launched_externally
 from cvtrain.errors import ConfigError, CvtrainError
 from cvtrain.results import EvaluateResult, FitResult, PredictResult
 from cvtrain.tasks import TASKS
@@ -59,7 +74,8 @@ def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | No
         data: dataset description YAML replacing the spec's ``data`` section.
         resume: ``"auto"`` (the run directory's newest valid checkpoint: last, periodic or best) or a
             checkpoint path. Model, optimizer, schedule, epoch, step, RNG states and data order continue.
-        overwrite: replace an existing run directory instead of starting a new one.
+        overwrite: replace the run in ``run_dir``: it is moved aside (out of reach of ``resume``) and deleted once
+            the new run has written its first checkpoint.
         skip_checks: train without checking the dataset first (see ``check``; the spec's ``checks``
             section tunes the checks and ``checks.on_error: drop`` trains without what is broken).
         callbacks: more Lightning callbacks for the trainer (``cvtrain sweep`` adds its pruning callback).
@@ -73,23 +89,60 @@ def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | No
     Raises:
         CvtrainError: a spec, dataset, checkpoint or flag the user must fix (one line; ``DatasetCheckError`` when
             the checks found errors, ``DivergenceError`` when training diverged).
+        RunInterrupted: a signal of ``trainer.stop_signals`` (Ctrl-C, SIGTERM, SIGUSR1) stopped the run; ``.line``
+            names the checkpoint written and the command that continues the run (docs/reliability.md).
     """
     started = time.time()
     config = load_config(spec, overrides, data=data, **arguments)
+    with StopSignals(config.trainer.stop_signals) as signals:
+        return _fit(config, signals, started, resume=resume, overwrite=overwrite, skip_checks=skip_checks,
+                    callbacks=callbacks, index=index)
+
+
+def _fit(config: Config, signals: StopSignals, started: float, *, resume: str | None, overwrite: bool,
+         skip_checks: bool, callbacks: list[pl.Callback] | None, index: DatasetIndex | None) -> FitResult:
+    """``fit`` inside its signal handlers: a stop by a signal leaves as ``RunInterrupted``."""
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
-    run_dir = choose_run_dir(config.run_dir, config.name or "run", resume=resume is not None, overwrite=overwrite)
+    name, requested = config.name or "run", config.run_dir
+    requeued = requeued_run(requested, name) if resume is None and not overwrite else None
+    if requeued is not None:  # SLURM requeued this job after a stop: its run continues (or starts again in place)
+        continuing = has_checkpoint(requeued)
+        requested, resume, overwrite = requeued, "auto" if continuing else None, not continuing
+        if is_rank_zero():
+            print(f"SLURM job {slurm_job_id()} was requeued: continuing the run in {requeued}")
+    run_dir = choose_run_dir(requested, name, resume=resume is not None, overwrite=overwrite)
+    signals.describe(run_dir, ("--skip-checks",) if skip_checks else ())
+    try:
+        return _fit_in(run_dir, config, signals, started, resume=resume, skip_checks=skip_checks, callbacks=callbacks,
+                       index=index)
+    except BaseException as error:
+        stopped = signals.interruption(error)
+        if is_rank_zero():
+            release_if_empty(run_dir)  # a claimed folder nothing was written into does not stay behind
+        if stopped is None:
+            raise
+        if stopped.quiet and not launched_externally():
+            wait_for_parent(signals.parent)  # Lightning's launcher must print its line first (see wait_for_parent)
+        raise stopped from None
+
+
+def _fit_in(run_dir: Path, config: Config, signals: StopSignals, started: float, *, resume: str | None,
+            skip_checks: bool, callbacks: list[pl.Callback] | None, index: DatasetIndex | None) -> FitResult:
     resume_from = _resume_from(resume, run_dir)
+    signals.describe(run_dir, signals.flags, resume_from)
     audit_file = read_audit(config.checks.audit) if config.checks.audit is not None else None
     index = build_index(config.data) if index is None else index
     if resume_from is not None:
         check_checkpoint_fits(
             resume_from.hyper_parameters, config.task, index.task, index.class_names, resume_from.path
         )
+    # One run, one id: a resumed run keeps the id of the run in its folder; checkpoints carry it (RunIdentity).
+    run_id = read_run_info(run_dir).get("run_id") if resume_from is not None else None
+    run_id = run_id or uuid.uuid4().hex
     if is_rank_zero():
-        run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
         write_run_info(run_dir, config=config, fingerprint=index.fingerprint(), dataset=index.summary(),
-                       resumed_from=str(resume_from.path) if resume_from else None)
+                       run_id=run_id, resumed_from=str(resume_from.path) if resume_from else None)
         print(f"run directory: {run_dir}")
         print(f"TensorBoard:   tensorboard --logdir {run_dir / 'tensorboard'}")
         if resume_from is not None:
@@ -108,10 +161,13 @@ def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | No
         load_pretrained(task.model, config.model)  # a resumed run's weights come from its checkpoint
     task.prepare(train_index=datamodule.train_index, val_index=datamodule.val_index)
     metrics_file = MetricsFile(run_dir / "metrics.json")
-    trainer = build_trainer(config, run_dir, callbacks=[metrics_file, *fit_callbacks(config, run_dir),
-                                                        *(callbacks or [])],
-                            monitor=task.monitor)
-    with shared_with_workers(run_dir):  # DDP processes started by Lightning inherit it
+    extra = list(callbacks or [])  # e.g. the sweep's pruning callback
+    callbacks = [metrics_file, *fit_callbacks(config, run_dir, run_id), StopAtSafePoint(signals, run_dir), *extra]
+    trainer = build_trainer(config, run_dir, callbacks=callbacks, monitor=task.monitor)
+    signals.defer()  # from here a signal stops at the next safe point, with a checkpoint
+    with shared_with_workers(run_dir), warnings.catch_warnings():  # DDP processes started by Lightning inherit it
+        if resume_from is not None:  # a resumed run's folder holds checkpoints, of course
+            warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty")
         trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume_from.path) if resume_from else None)
     run_dir = metrics_file.run_dir  # rank 0's choice, on every rank (under torchrun each rank chose its own)
     best = metrics_file.best or {}
@@ -159,7 +215,7 @@ def _check_before_fit(index, config: Config, run_dir: Path):
 
 
 def check(spec: Spec | None = None, overrides: Overrides = None, *, data: str | os.PathLike | None = None,
-          out: str | os.PathLike | None = None):
+          out: str | os.PathLike | None = None, overwrite: bool = False):
     """Check a dataset the way ``cvtrain check`` does: label sanity, class balance, leakage, files.
 
     Args:
@@ -167,7 +223,9 @@ def check(spec: Spec | None = None, overrides: Overrides = None, *, data: str | 
         overrides: ``checks.*`` keys tune the checks; other keys change the spec (or, with only
             ``data``, the dataset description: ``data.*`` keys).
         data: a dataset description YAML (with or without a spec), or a whole spec's YAML.
-        out: a folder for ``report.json`` and ``report.html`` (none written without it).
+        out: a folder for ``report.json`` and ``report.html`` (none written without it): a new or empty folder
+            (``overwrite`` replaces what it holds), or ``"auto"`` for the next free ``runs/check-<name>[-N]``.
+        overwrite: replace the contents of a non-empty ``out``.
 
     Returns:
         The ``Report``: ``.findings``, ``.summary_table()``, ``.error_lines()``, ``.to_json()``, ``.write(folder)``,
@@ -178,6 +236,7 @@ def check(spec: Spec | None = None, overrides: Overrides = None, *, data: str | 
     Raises:
         ConfigError: the spec, the dataset description or a ``checks.*`` override is invalid, or neither a spec
             nor a dataset was given.
+        CvtrainError: ``out`` is not empty and ``overwrite`` is not set.
 
     >>> import cvtrain
     >>> cvtrain.check()
@@ -209,8 +268,9 @@ def check(spec: Spec | None = None, overrides: Overrides = None, *, data: str | 
         raise explain(error, source="override", section="checks") from None
     report = check_dataset(dataset, checks_config, image_size)
     report.name = name
-    if out is not None:
-        report.write(out)
+    if out is not None:  # the folder is claimed once the report exists: a check that fails leaves none
+        with output_dir(None if out == "auto" else Path(out), f"check-{name}", overwrite=overwrite) as folder:
+            report.write(folder)
     return report
 
 
@@ -420,9 +480,10 @@ def predict(spec: Spec | None = None, checkpoint: str | os.PathLike = "", source
         spec: a spec whose ``eval`` section to use; default: the checkpoint's.
         checkpoint: a ``.ckpt`` written by ``fit``.
         source: an image file or a folder of images.
-        out: output folder (must be new or empty unless ``overwrite``); default ``runs/predict[-N]``.
+        out: output folder (new or empty unless ``overwrite``); default: the next free ``runs/predict[-N]``. A
+            prediction that fails leaves no folder behind.
         overrides: ``key=value`` strings or a dict of dotted keys applied to the checkpoint's config.
-        overwrite: write into a non-empty ``out``.
+        overwrite: replace what a non-empty ``out`` holds (the old contents are deleted once predict succeeds).
         score_threshold: lowest score drawn on the images (all detections go to the JSON).
         model: an ``.onnx`` file written by ``export``, run by onnxruntime, instead of ``checkpoint``.
         **arguments: ``accelerator`` (``cpu`` or ``gpu``; default: a GPU when there is one).
@@ -435,7 +496,7 @@ def predict(spec: Spec | None = None, checkpoint: str | os.PathLike = "", source
         DataError: the source is missing or holds no images.
         CvtrainError: ``out`` is not empty and ``overwrite`` is not set.
     """
-    from cvtrain.prediction import run_prediction
+    from cvtrain.prediction import list_images, run_prediction
 
     task = None
     if model is not None:  # an exported file: onnxruntime in place of the network, the rest as for a checkpoint
@@ -452,9 +513,10 @@ def predict(spec: Spec | None = None, checkpoint: str | os.PathLike = "", source
         config.eval.score_threshold = score_threshold
     task = load_task(checkpoint, payload) if task is None else task
     task.config.eval.score_threshold = config.eval.score_threshold  # the task draws with its own config
-    out_dir = _fresh_dir(Path(out) if out else None, "predict", overwrite)
-    started = time.perf_counter()
-    result = run_prediction(task, config, Path(source), out_dir, device=arguments.get("accelerator"))
+    list_images(Path(source))  # a missing source fails before any folder is made
+    with output_dir(Path(out) if out else None, "predict", overwrite=overwrite) as out_dir:
+        started = time.perf_counter()
+        result = run_prediction(task, config, Path(source), out_dir, device=arguments.get("accelerator"))
     result.runtime = "PyTorch" if model is None else "onnxruntime"
     result.images_per_second = result.num_images / max(time.perf_counter() - started, 1e-9)
     return result

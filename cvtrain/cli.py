@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cvtrain.errors import CvtrainError
+from cvtrain.errors import CvtrainError, RunInterrupted
 from cvtrain.quiet import quiet_libraries
 
 
@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--data", help="dataset description YAML (alone, or replacing the spec's data section)")
     check.add_argument("overrides", nargs="*", metavar="key=value",
                        help="checks.* keys tune the checks (checks.decode_images=false); others change the spec")
-    check.add_argument("--out", help="folder for report.json and report.html (default runs/check-<name>)")
+    check.add_argument("--out", help="folder for report.json and report.html (default runs/check-<name>[-N])")
+    check.add_argument("--overwrite", action="store_true", help="replace what a non-empty --out holds")
     check.add_argument("--debug", action="store_true", help="show tracebacks")
 
     evaluate = commands.add_parser("evaluate", help="score a checkpoint: COCO stats by pycocotools, or mIoU")
@@ -150,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", help="output folder (default runs/predict[-N])")
     predict.add_argument("--score-threshold", type=float, help="lowest score drawn on images")
     predict.add_argument("--accelerator", help="cpu or gpu")
-    predict.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    predict.add_argument("--overwrite", action="store_true", help="replace what a non-empty --out holds")
 
     convert = commands.add_parser("convert", help="write a dataset as COCO, VOC, YOLO or KITTI")
     convert.add_argument("--data", required=True, help="dataset description YAML (or a spec) of the input")
@@ -203,8 +204,7 @@ def _check(args: argparse.Namespace) -> int:
     """``cvtrain check``: the API's check, its summary on stdout, the first errors on stderr, the report written."""
     import cvtrain.api as api
 
-    report = api.check(args.config, args.overrides, data=args.data)
-    report.write(args.out or f"runs/check-{report.name}")
+    report = api.check(args.config, args.overrides, data=args.data, out=args.out or "auto", overwrite=args.overwrite)
     print(report.summary_table())
     for line in report.error_lines():
         print(line, file=sys.stderr)
@@ -356,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     try:
         return run(args)
+    except RunInterrupted as stop:  # a signal stopped fit: one line (rank 0), exit 128 + the signal's number
+        if not stop.quiet:
+            print(stop.line, file=sys.stderr)
+        return stop.exit_code
     except CvtrainError as error:
         if args.debug:
             raise

@@ -41,3 +41,18 @@ class DivergenceError(CvtrainError):
     """Training produced a non-finite loss, gradient or weight."""
 
     exit_code = 3
+
+
+class RunInterrupted(Exception):
+    """A run stopped by a signal (Ctrl-C, SIGTERM, SIGUSR1); not an error of the user's.
+
+    ``line`` is the one line to print (where it stopped, the checkpoint, the command that continues it),
+    ``exit_code`` 128 + the signal's number, ``quiet`` True in the processes that print nothing (ranks other than 0).
+    """
+
+    def __init__(self, line: str, *, exit_code: int, checkpoint=None, quiet: bool = False):
+        super().__init__(line)
+        self.line = line
+        self.exit_code = exit_code
+        self.checkpoint = checkpoint
+        self.quiet = quiet

@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torchvision.io import write_jpeg
+from torchvision.io import encode_jpeg
 from tqdm import tqdm
 
-from cvtrain.atomic import write_json
+from cvtrain.atomic import write_bytes, write_json
 from cvtrain.config import Config
 from cvtrain.data.dataset import to_tensor
 from cvtrain.data.files import IMAGE_SUFFIXES, read_image
@@ -48,8 +48,6 @@ def run_prediction(
     A task with ``write_prediction`` (semantic segmentation) writes its own files and records instead.
     """
     files = list_images(source)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "images").mkdir(exist_ok=True)
     target_device = pick_device(device)
     task = task.to(target_device).eval()
     transform = build_eval_transform(config.augment, config.train.image_size, with_boxes=False)
@@ -70,7 +68,7 @@ def run_prediction(
                 results.append({**record, "file_name": str(path.name),
                                 "category_name": task.class_names[task.category_ids.index(record["category_id"])]})
             picture = task.draw_prediction(to_tensor(original), output, meta)
-            write_jpeg(picture, str(out_dir / "images" / f"{path.stem}.jpg"), quality=90)
+            write_bytes(out_dir / "images" / f"{path.stem}.jpg", encode_jpeg(picture, quality=90).numpy().tobytes())
     predictions = out_dir / "predictions.json"
     write_json(predictions, results)
     return PredictResult(

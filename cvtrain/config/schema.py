@@ -8,6 +8,7 @@ unknown keys, NaN and infinity. Reading YAML and applying overrides is
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -173,6 +174,12 @@ class TrainerConfig(StrictModel):
     fast_dev_run: bool = False
     strategy: str = "auto"
     log_every_n_steps: int = Field(10, gt=0)
+    # signals that stop fit gracefully: the step ends, last.ckpt is written, one line, exit 128 + signal number
+    # (docs/reliability.md); a second one stops at once. Others keep their default action.
+    stop_signals: list[Literal["SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGHUP"]] = Field(
+        default_factory=lambda: ["SIGINT", "SIGTERM", "SIGUSR1"])
+    # on SLURM, Lightning's SLURMEnvironment requeues the job after a stop on its requeue signal (SIGUSR1)
+    slurm_requeue: bool = True
 
 
 Override = Literal["error", "warning", "info", "off"]
@@ -236,6 +243,9 @@ class ChecksConfig(StrictModel):
         return value
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # runs/<name>: a name is one path segment
+
+
 class Config(StrictModel):
     """A whole spec."""
 
@@ -252,7 +262,15 @@ class Config(StrictModel):
     audit: AuditConfig = Field(default_factory=AuditConfig)  # label-error audit with fold models (cvtrain audit)
     sweep: SweepConfig | None = None  # hyperparameter search of `cvtrain sweep` (docs/sweep.md); fit ignores it
     run_dir: Path | None = None  # default: runs/<spec name>[-N]
-    name: str | None = None  # run name; default: the spec file's stem
+    name: str | None = None  # run name (runs/<name>[-N]): one path segment; default: the spec file's stem
+
+    @field_validator("name")
+    @classmethod
+    def _one_path_segment(cls, value: str | None) -> str | None:
+        if value is not None and not RUN_NAME.fullmatch(value):
+            raise ValueError(f"run name {value!r} is not one path segment: use letters, digits, '-', '_' and '.' "
+                             "(not first)")
+        return value
 
     @model_validator(mode="after")
     def _model_fits_task(self) -> Config:

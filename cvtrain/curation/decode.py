@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cvtrain.atomic import write_text
 from cvtrain.data.files import HIGH_BIT_MODES, open_image
+from cvtrain.data.workers import ignore_stop_signals, signals_held
 from cvtrain.errors import DataError
 
 CACHE_VERSION = 1
@@ -137,9 +139,7 @@ class DecodeCache:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            partial = self.path.with_name(self.path.name + f".{os.getpid()}.partial")
-            partial.write_text(json.dumps({"version": CACHE_VERSION, "entries": self.entries}), encoding="utf-8")
-            partial.replace(self.path)
+            write_text(self.path, json.dumps({"version": CACHE_VERSION, "entries": self.entries}))
         except OSError:
             pass  # a read-only home directory must not fail the check
 
@@ -157,8 +157,11 @@ def inspect_files(tasks: list[tuple[str, str]], *, decode: bool, cache: DecodeCa
         results = list(tqdm(map(inspect_file, jobs), **bar))
     else:
         chunk = max(1, min(64, len(jobs) // (workers * 8)))
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(tqdm(pool.map(inspect_file, jobs, chunksize=chunk), **bar))
+        # The pool's processes ignore Ctrl-C and SIGTERM (they reach the whole process group): the main process stops.
+        with ProcessPoolExecutor(max_workers=workers, initializer=ignore_stop_signals) as pool:
+            with signals_held():  # processes start inside map(); none gets a signal before it ignores it
+                mapped = pool.map(inspect_file, jobs, chunksize=chunk)
+            results = list(tqdm(mapped, **bar))
     for (path, kind), result in zip(tasks, results):
         cache.put(path, kind, result)
     cache.save()

@@ -5,6 +5,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from cvtrain.atomic import write_text
 from cvtrain.config.schema import ChecksConfig
 from cvtrain.curation.report import Report
 from cvtrain.curation.runner import run_checks
@@ -103,6 +104,5 @@ def drop_errors(index: DatasetIndex, report: Report, run_dir: Path, *, write: bo
     }
     if not write:
         return replace(index, images=images, annotations=annotations)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "dropped.json").write_text(json.dumps(listing, indent=1), encoding="utf-8")
+    write_text(run_dir / "dropped.json", json.dumps(listing, indent=1))
     return replace(index, images=images, annotations=annotations)

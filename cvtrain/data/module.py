@@ -14,6 +14,7 @@ from cvtrain.data.index import DatasetIndex
 from cvtrain.data.sampling import EpochSampler, SeededItems, quiet_resume_warning, replicas
 from cvtrain.data.segmentation import SegmentationDataset
 from cvtrain.data.transforms import build_eval_transform, build_train_transform
+from cvtrain.data.workers import WorkerInit, WorkerLoader
 from cvtrain.errors import DataError
 
 
@@ -68,9 +69,12 @@ class DataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset, *, batch_size: int, drop_last: bool = False,
                 sampler: EpochSampler | None = None) -> DataLoader:
         workers = self.config.train.num_workers
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
-                          persistent_workers=workers > 0, pin_memory=False, drop_last=drop_last,
-                          generator=sampler.generator if sampler is not None else None)
+        # Workers ignore Ctrl-C, SIGTERM and SIGUSR1: the main process stops the run (engine.stopping).
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        return WorkerLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
+                            persistent_workers=workers > 0, pin_memory=False, drop_last=drop_last,
+                            worker_init_fn=WorkerInit(rank) if workers else None,
+                            generator=sampler.generator if sampler is not None else None)
 
     def train_dataloader(self) -> DataLoader:
         dataset = build_dataset(self.config, self.train_index, train=True)

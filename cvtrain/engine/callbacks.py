@@ -5,6 +5,8 @@
 - ``DivergenceGuard``: stops at the first non-finite loss or gradient, before the
   optimizer applies it, and refuses to save non-finite weights.
 - ``SkippedReport``: how many unreadable items ``data.on_unreadable: skip`` replaced.
+- ``RunIdentity``: the run's id in every checkpoint; the run ``--overwrite`` replaced deleted once this one has a
+  checkpoint.
 - ``LossScaleMonitor``: FP16 loss scaling, watched. Under ``--amp fp16`` Lightning's
   ``MixedPrecision`` plugin runs forward and loss under FP16 autocast and keeps a
   dynamic ``GradScaler``: the loss is multiplied by the scale before backward, so
@@ -31,8 +33,8 @@ import torch
 from pytorch_lightning.callbacks import Checkpoint
 
 from cvtrain.atomic import write_json
-from cvtrain.engine.checkpoints import find_resume_checkpoint
-from cvtrain.engine.rundir import SKIPPED_FILE, broadcast_run_dir
+from cvtrain.engine.checkpoints import RUN_ID_KEY, find_resume_checkpoint
+from cvtrain.engine.rundir import SKIPPED_FILE, broadcast_run_dir, delete_replaced, has_checkpoint, replaced_runs
 from cvtrain.errors import CheckpointError, DivergenceError
 
 log = logging.getLogger("cvtrain")
@@ -290,10 +292,38 @@ class SkippedReport(pl.Callback):
             log.warning(f"{count} unreadable item(s) were skipped during training; see {self.record}")
 
 
-def fit_callbacks(config: Any, run_dir: Path) -> list[pl.Callback]:
-    """The callbacks ``fit`` adds besides ``MetricsFile``: RNG state in checkpoints, the divergence guard, the
-    skipped-items note."""
-    callbacks: list[pl.Callback] = [RandomState(), DivergenceGuard(run_dir)]
+class RunIdentity(pl.Callback):
+    """Stamps every checkpoint with the run's id (``run.json``'s ``run_id``), so that ``--resume`` never takes one
+    another run wrote, and deletes the run ``--overwrite`` moved aside once this run has a checkpoint."""
+
+    def __init__(self, run_dir: Path, run_id: str | None):
+        self.run_dir = Path(run_dir)
+        self.run_id = run_id
+        self.replaced = bool(replaced_runs(self.run_dir))
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[RUN_ID_KEY] = self.run_id
+
+    def _tidy(self, trainer: pl.Trainer) -> None:
+        if self.replaced and trainer.is_global_zero and has_checkpoint(self.run_dir):
+            self.replaced = False
+            for aside in delete_replaced(self.run_dir):
+                log.info(f"deleted {aside}: the run --overwrite replaced (this run has its first checkpoint)")
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._tidy(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._tidy(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
+        self._tidy(trainer)
+
+
+def fit_callbacks(config: Any, run_dir: Path, run_id: str | None = None) -> list[pl.Callback]:
+    """The callbacks ``fit`` adds besides ``MetricsFile``: the run's id in checkpoints, RNG state in checkpoints, the
+    divergence guard, the skipped-items note."""
+    callbacks: list[pl.Callback] = [RunIdentity(run_dir, run_id), RandomState(), DivergenceGuard(run_dir)]
     if config.data.on_unreadable == "skip":
         callbacks.append(SkippedReport(run_dir / SKIPPED_FILE))
     return callbacks

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,12 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pydantic import ValidationError
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from cvtrain.atomic import write_bytes
+from cvtrain.engine.rundir import fit_command, read_run_info
 from cvtrain.errors import CheckpointError
 
 log = logging.getLogger("cvtrain")
@@ -36,6 +39,7 @@ RESUME_KEYS = ("state_dict", "optimizer_states", "lr_schedulers", "loops", "epoc
 # Among checkpoints of the same step, the one written last holds the most state (validation ran before last.ckpt).
 _PREFERENCE = {"last.ckpt": 2, "best.ckpt": 0}
 STEP_CHECKPOINT = "step-{step:08d}"  # periodic checkpoints: step-00001200.ckpt
+RUN_ID_KEY = "cvtrain_run_id"  # every checkpoint names the run that wrote it (run.json's run_id)
 
 
 def _load(source: str | Path | io.BytesIO, *, mmap: bool = False) -> Any:
@@ -61,6 +65,50 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return _load(path)
 
 
+def validation_follows(trainer: pl.Trainer) -> bool:
+    """In ``on_train_batch_end``: whether Lightning runs a validation right after this training batch.
+
+    A checkpoint taken there would miss that validation on resume (Lightning starts the next epoch), so the
+    periodic checkpoints and the graceful stop leave that batch to ``last.ckpt``, written after the validation.
+    """
+    epoch_loop = trainer.fit_loop.epoch_loop
+    return bool(epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
+
+
+class StepCheckpoints(ModelCheckpoint):
+    """``step-00001200.ckpt`` every ``every_n_steps`` optimizer steps; the newest ``keep`` stay on disk.
+
+    Which files stay is decided by the step numbers of the files in the folder, not by Lightning's
+    bookkeeping (which a resume from another folder, or from an older checkpoint, does not carry over), so
+    exactly ``keep`` remain. No file is written on a step that a validation follows: a resume from it would skip
+    that validation, and ``last.ckpt`` is written right after it.
+    """
+
+    def __init__(self, dirpath: Path, every_n_steps: int, keep: int = 2):
+        super().__init__(dirpath=dirpath, filename=STEP_CHECKPOINT, save_top_k=-1, every_n_train_steps=every_n_steps,
+                         auto_insert_metric_name=False, enable_version_counter=False)
+        self.keep = keep
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if validation_follows(trainer):
+            return
+        super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+        if trainer.is_global_zero:
+            for old in step_checkpoints(Path(self.dirpath))[:-self.keep]:
+                old.unlink(missing_ok=True)
+
+
+def step_checkpoints(folder: Path) -> list[Path]:
+    """The periodic checkpoints in ``folder``, oldest step first."""
+    found = []
+    for path in folder.glob("step-*.ckpt"):
+        digits = path.stem.removeprefix("step-")
+        if digits.isdigit():
+            found.append((int(digits), path))
+    return [path for _, path in sorted(found)]
+
+
 @dataclass(frozen=True)
 class CheckpointInfo:
     """A checkpoint that can be resumed from."""
@@ -69,6 +117,7 @@ class CheckpointInfo:
     epoch: int
     global_step: int
     hyper_parameters: dict[str, Any]
+    run_id: str | None = None  # the run that wrote it (``run.json``'s ``run_id``); None from older cvtrain
 
 
 def inspect_checkpoint(path: Path) -> CheckpointInfo:
@@ -102,7 +151,8 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
             where=str(path),
             hint="resume from a checkpoint written by 'cvtrain fit'",
         )
-    return CheckpointInfo(path, int(payload["epoch"]), int(payload["global_step"]), dict(payload["hyper_parameters"]))
+    return CheckpointInfo(path, int(payload["epoch"]), int(payload["global_step"]), dict(payload["hyper_parameters"]),
+                          payload.get(RUN_ID_KEY))
 
 
 def load_failure(error: Exception) -> str:
@@ -121,37 +171,55 @@ def load_failure(error: Exception) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", first)[:160]
 
 
-def find_resume_checkpoint(run_dir: Path, *, quiet: bool = False) -> CheckpointInfo:
+def find_resume_checkpoint(run_dir: Path, *, quiet: bool = False, clean: bool = True) -> CheckpointInfo:
     """The newest checkpoint of ``run_dir`` that is whole: most training steps first, then last, periodic, best.
 
-    Corrupt or partial checkpoints are reported and skipped; temporary files left
-    by a write that was killed are removed.
+    Corrupt or partial checkpoints are reported and skipped, and so are checkpoints another run wrote (their run id
+    is not the one in ``run.json``); with ``clean``, temporary files left by a write that was killed are removed.
 
     Raises:
-        CheckpointError: no checkpoint in the run directory can be resumed from.
+        CheckpointError: no checkpoint in the run directory can be resumed from; the hint gives the command that
+            works (start the run again in place when it never wrote a checkpoint).
     """
     folder = run_dir / "checkpoints"
-    if not folder.is_dir():
-        raise CheckpointError("nothing to resume: no checkpoints folder", where=str(run_dir),
-                              hint="give --run-dir of an earlier run, or a checkpoint path to --resume")
-    for partial in folder.glob(".*.ckpt.tmp-*"):
-        partial.unlink(missing_ok=True)
-        if not quiet:
-            log.warning(f"removed {partial.name}: a checkpoint write that never finished")
+    if not run_dir.is_dir():
+        raise CheckpointError("nothing to resume: the run directory does not exist", where=str(run_dir),
+                              hint="start a new run without --resume, or give the --run-dir of an earlier run")
+    again = _start_again(run_dir)
+    candidates = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
+    if not candidates:
+        raise CheckpointError("nothing to resume: the run stopped before writing its first checkpoint",
+                              where=str(run_dir), hint=f"start it again in place: {again}")
+    if clean:
+        for partial in folder.glob(".*.ckpt.tmp-*"):
+            partial.unlink(missing_ok=True)
+            if not quiet:
+                log.warning(f"removed {partial.name}: a checkpoint write that never finished")
+    expected = read_run_info(run_dir).get("run_id")
     found: list[CheckpointInfo] = []
     problems: list[str] = []
-    for path in sorted(folder.glob("*.ckpt")):
+    for path in candidates:
         try:
-            found.append(inspect_checkpoint(path))
+            info = inspect_checkpoint(path)
+            if expected and info.run_id and info.run_id != expected:
+                raise CheckpointError(f"written by another run (run id {info.run_id}, not {expected} of run.json)",
+                                      where=str(path), hint="it is not resumed in this run directory")
+            found.append(info)
         except CheckpointError as error:
             problems.append(error.message)
             if not quiet:
                 log.warning(f"skipping {error.one_line()}")
     if not found:
-        detail = f" ({len(problems)} unusable: {problems[0]})" if problems else ""
-        raise CheckpointError(f"nothing to resume: no valid checkpoint{detail}", where=str(folder),
-                              hint="start a new run, or give a checkpoint path to --resume")
+        raise CheckpointError(f"nothing to resume: no valid checkpoint ({len(problems)} unusable: {problems[0]})",
+                              where=str(folder),
+                              hint=f"give a checkpoint path to --resume, or start it again in place: {again}")
     return max(found, key=lambda info: (info.global_step, _PREFERENCE.get(info.path.name, 1), info.path.name))
+
+
+def _start_again(run_dir: Path) -> str:
+    if (run_dir / "config.yaml").is_file():
+        return fit_command(run_dir, "--overwrite")
+    return f"cvtrain fit -c <spec> --run-dir {shlex.quote(str(run_dir))} --overwrite"
 
 
 def check_checkpoint_fits(hyper_parameters: dict[str, Any], task: str, index_task: str, class_names: list[str],

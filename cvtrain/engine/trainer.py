@@ -12,13 +12,14 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.environments import SLURMEnvironment
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.precision import MixedPrecision
 
 from cvtrain.config import Config
 from cvtrain.engine.callbacks import LastCheckpoint, LossScaleMonitor, active_scaler
-from cvtrain.engine.checkpoints import STEP_CHECKPOINT, AtomicCheckpointIO
+from cvtrain.engine.checkpoints import AtomicCheckpointIO, StepCheckpoints
 from cvtrain.engine.rundir import is_rank_zero
 from cvtrain.errors import ConfigError
 
@@ -151,11 +152,8 @@ def build_trainer(
         dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="max", save_last=False, save_top_k=1,
         auto_insert_metric_name=False, enable_version_counter=False)] if checkpoints else []
     if checkpoints and train.checkpoint_every_n_steps:
-        # Periodic checkpoints bound what a kill mid-epoch loses; "step" ranks them, so the newest two stay.
-        saving.append(ModelCheckpoint(
-            dirpath=run_dir / "checkpoints", filename=STEP_CHECKPOINT, monitor="step", mode="max", save_top_k=2,
-            every_n_train_steps=train.checkpoint_every_n_steps, auto_insert_metric_name=False,
-            enable_version_counter=False))
+        # Periodic checkpoints bound what a kill mid-epoch loses; the newest two stay.
+        saving.append(StepCheckpoints(run_dir / "checkpoints", train.checkpoint_every_n_steps, keep=2))
     if checkpoints:
         # After the others: Lightning keeps checkpoint callbacks last and in order, so last.ckpt holds their state.
         saving.append(LastCheckpoint(run_dir / "checkpoints" / "last.ckpt"))
@@ -191,6 +189,8 @@ def build_trainer(
     precision = precision_arguments(config)
     arguments.update(precision)
     arguments.setdefault("plugins", []).append(AtomicCheckpointIO())
+    if SLURMEnvironment.detect():  # what Lightning would choose, with the spec's say on requeueing after a stop
+        arguments["plugins"].append(SLURMEnvironment(auto_requeue=config.trainer.slurm_requeue))
     arguments.update(overrides)
     trainer = pl.Trainer(**arguments)
     if active_scaler(trainer) is not None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cvtrain.atomic import write_bytes
 from cvtrain.config import Config
 from cvtrain.data.files import ignore_value, mask_dtype
 from cvtrain.evaluation.segmentation import (
@@ -215,12 +217,13 @@ class SegmentationTask(pl.LightningModule):
             "colour_mask": f"colour/{path.stem}.png",
             "overlay": f"images/{path.stem}.jpg",
         }
-        for folder in ("masks", "colour", "images"):
-            (out_dir / folder).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(prediction).save(out_dir / files["mask"])
-        Image.fromarray(colour).save(out_dir / files["colour_mask"])
         overlay = (0.5 * original.astype(np.float32) + 0.5 * colour).astype(np.uint8)
-        Image.fromarray(overlay).save(out_dir / files["overlay"], quality=90)
+        pictures = [("mask", prediction, {"format": "PNG"}), ("colour_mask", colour, {"format": "PNG"}),
+                    ("overlay", overlay, {"format": "JPEG", "quality": 90})]
+        for key, picture, options in pictures:
+            encoded = io.BytesIO()
+            Image.fromarray(picture).save(encoded, **options)
+            write_bytes(out_dir / files[key], encoded.getbuffer())  # atomically, creating the folder
         counts = np.bincount(prediction.ravel(), minlength=len(self.class_names))
         return [{"image_id": meta["image_id"], "file_name": path.name, **files,
                  "pixels": {name: int(count) for name, count in zip(self.class_names, counts) if count}}]
