@@ -46,7 +46,8 @@ Overrides = Iterable[str] | Mapping[str, Any] | None
 
 # --------------------------------------------------------------------------- fit
 def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | None = None, resume: str | None = None,
-        overwrite: bool = False, skip_checks: bool = False, **arguments: Any) -> FitResult:
+        overwrite: bool = False, skip_checks: bool = False, callbacks: Iterable[pl.Callback] = (),
+        **arguments: Any) -> FitResult:
     """Train the model a spec describes and evaluate it every epoch.
 
     Args:
@@ -58,6 +59,7 @@ def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | No
         overwrite: replace an existing run directory instead of starting a new one.
         skip_checks: train without checking the dataset first (see ``check``; the spec's ``checks``
             section tunes the checks and ``checks.on_error: drop`` trains without what is broken).
+        callbacks: more Lightning callbacks, run after cvtrain's own (``scripts/bench_fit.py`` times steps with one).
         **arguments: CLI flags by name: ``amp``, ``gpus``, ``accelerator``, ``devices``, ``num_nodes``,
             ``seed``, ``max_epochs``, ``max_steps``, ``fast_dev_run``, ``run_dir``.
 
@@ -96,7 +98,7 @@ def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | No
         load_pretrained(task.model, config.model)  # a resumed run's weights come from its checkpoint
     task.prepare(train_index=datamodule.train_index, val_index=datamodule.val_index)
     metrics_file = MetricsFile(run_dir / "metrics.json")
-    trainer = build_trainer(config, run_dir, callbacks=[metrics_file, *fit_callbacks(config, run_dir)],
+    trainer = build_trainer(config, run_dir, callbacks=[metrics_file, *fit_callbacks(config, run_dir), *callbacks],
                             monitor=task.monitor)
     with shared_with_workers(run_dir):  # DDP processes started by Lightning inherit it
         trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume_from.path) if resume_from else None)
