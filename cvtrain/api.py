@@ -78,7 +78,8 @@ def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | No
             the new run has written its first checkpoint.
         skip_checks: train without checking the dataset first (see ``check``; the spec's ``checks``
             section tunes the checks and ``checks.on_error: drop`` trains without what is broken).
-        callbacks: more Lightning callbacks for the trainer (``cvtrain sweep`` adds its pruning callback).
+        callbacks: more Lightning callbacks for the trainer, run after cvtrain's own (``cvtrain sweep`` adds its
+            pruning callback; ``scripts/bench_fit.py`` times steps with one).
         index: the dataset to train on, with its splits, instead of reading ``data`` (``audit``'s folds).
         **arguments: CLI flags by name: ``amp``, ``gpus``, ``accelerator``, ``devices``, ``num_nodes``,
             ``seed``, ``max_epochs``, ``max_steps``, ``fast_dev_run``, ``run_dir``.

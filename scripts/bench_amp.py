@@ -9,7 +9,10 @@ masks), generated on the device, so the loader is not measured.
 
 Each (model, precision) runs in a fresh process, so that peak memory is its own:
 ``torch.cuda.max_memory_allocated`` on CUDA, the rise of the resident set
-(``VmHWM`` after resetting it) on the CPU.
+(``VmHWM`` after resetting it) on the CPU, both measured from the end of the
+warm-up: the first steps under ``cudnn.benchmark`` try cuDNN's algorithms with
+workspaces far larger than training uses, and that warm-up peak is printed on a
+line of its own.
 
     python scripts/bench_amp.py          # fasterrcnn_resnet50_fpn_v2 (8 x 800 px), deeplabv3_resnet50 (16 x 512 px)
     python scripts/bench_amp.py --small         # CPU, under a minute: SSDlite (quarter width) and LR-ASPP, 2 x 64 px
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import platform
 import time
@@ -101,19 +105,22 @@ def measure(case: Case, precision: str, device_name: str, warmup: int, steps: in
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     batch = synthetic_batch(case, device, torch.Generator(device).manual_seed(0))
-    baseline = resident_kib("VmRSS")
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        try:  # reset the resident high-water mark to the current resident set
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            baseline = 0  # an older kernel: report the whole process
     skipped = 0
+    baseline, warmup_peak = 0, float("nan")
     for step in range(warmup + steps):
         if step == warmup:
+            # The peak is training's: taken after the warm-up, whose first steps run cuDNN's benchmark trials
+            # (cudnn.benchmark) with workspaces far larger than training ever uses; that peak is reported apart.
             if cuda:
                 torch.cuda.synchronize(device)
+                warmup_peak = torch.cuda.max_memory_allocated(device) / 2**20
+                torch.cuda.reset_peak_memory_stats(device)
+            else:
+                baseline = resident_kib("VmRSS")
+                try:  # reset the resident high-water mark to the current resident set
+                    Path("/proc/self/clear_refs").write_text("5")
+                except OSError:
+                    baseline = 0  # an older kernel: report the whole process
             started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -134,7 +141,7 @@ def measure(case: Case, precision: str, device_name: str, warmup: int, steps: in
             else (resident_kib("VmHWM") - baseline) / 2**10)
     return {"model": case.model, "batch": case.batch, "size": case.size, "precision": precision,
             "images_per_second": case.batch * steps / seconds, "seconds_per_step": seconds / steps,
-            "peak_mib": peak, "final_loss": loss.item(), "skipped_steps": skipped}
+            "peak_mib": peak, "warmup_peak_mib": warmup_peak, "final_loss": loss.item(), "skipped_steps": skipped}
 
 
 def _child(queue, *arguments) -> None:
@@ -180,6 +187,11 @@ def print_table(results: list[dict]) -> None:
         memory = row["peak_mib"] / base["peak_mib"] if base and base["peak_mib"] > 0 else float("nan")
         print(head + f"{row['images_per_second']:>10.2f}{speed:>8.2f}{row['peak_mib']:>11.0f}{memory:>8.2f}"
               f"{row['skipped_steps']:>9}")
+    warmups = [row for row in results if "error" not in row and not math.isnan(row["warmup_peak_mib"])]
+    if warmups:
+        print("peak during the warm-up, cuDNN benchmark trial workspaces included (not training's peak):")
+        for row in warmups:
+            print(f"  {row['model']:<32}{row['precision']:<10}{row['warmup_peak_mib']:>11.0f} MiB")
 
 
 def main() -> None:

@@ -372,7 +372,13 @@ def test_collapsing_scale_warns_once_suggesting_bf16(tmp_path, caplog, max_bad_s
     warnings_by_step: list[int] = []
 
     class Watch(pl.Callback):
-        def on_train_batch_end(self, trainer, *_):
+        # The monitor warns when the training log reads the step's values, after every other callback's
+        # on_train_batch_end: count what the steps before warned at the start of the next one, and at the end.
+        def on_train_batch_start(self, trainer, *_):
+            if trainer.global_step:
+                warnings_by_step.append(sum("collapsing" in r.getMessage() for r in caplog.records))
+
+        def on_train_end(self, trainer, *_):
             warnings_by_step.append(sum("collapsing" in r.getMessage() for r in caplog.records))
 
     trainer = build_trainer(config, tmp_path / "run", callbacks=[recorder, Watch()], logger=False, checkpoints=False)
@@ -383,6 +389,7 @@ def test_collapsing_scale_warns_once_suggesting_bf16(tmp_path, caplog, max_bad_s
     assert warnings_by_step == [0] * (warned_at - 1) + [1] * (6 - warned_at + 1)  # once, at the step it collapsed
     message = next(r.getMessage() for r in caplog.records if "collapsing" in r.getMessage())
     assert "--amp bf16" in message and "\n" not in message
+    assert f"from step {warned_at};" in message
 
 
 # ---------------------------------------------------------------- FP16 hazards

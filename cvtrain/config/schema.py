@@ -10,9 +10,9 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PlainValidator, field_validator, model_validator
 
 from cvtrain.config.audit import AuditConfig
 from cvtrain.config.base import StrictModel
@@ -105,6 +105,13 @@ class SchedulerConfig(StrictModel):
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)  # cosine: final lr as a fraction of lr
 
 
+def _worker_count(value: Any) -> int | str:
+    # One validator rather than a union, so that an error names the key itself.
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise ValueError("expected 'auto' or a number of workers >= 0")
+
+
 class TrainConfig(StrictModel):
     """How long and on what batches training runs, and how it is checkpointed."""
 
@@ -112,7 +119,8 @@ class TrainConfig(StrictModel):
     max_steps: int = Field(-1, ge=-1)  # -1: no limit
     batch_size: int = Field(4, gt=0)  # per device
     image_size: int = Field(512, ge=32, le=4096)  # longest side fed to the model
-    num_workers: int = Field(2, ge=0)
+    # data-loader worker processes per training process; auto: the cores each process gets less one, at most 8
+    num_workers: Annotated[int | Literal["auto"], PlainValidator(_worker_count)] = "auto"
     seed: int = 0
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
@@ -128,6 +136,12 @@ class TrainConfig(StrictModel):
     checkpoint_every_n_steps: int | None = Field(None, gt=0)
     # semantic segmentation: cross-entropy class weights from the training masks' pixel frequencies
     class_weights: Literal["none", "inverse", "median_frequency"] = "none"
+    # convolutions in channels-last memory order (faster on tensor cores); auto: on CUDA under --amp for
+    # semantic segmentation models (detection stays off until measured faster on a GPU)
+    channels_last: bool | Literal["auto"] = "auto"
+    # torch.compile the model (semantic segmentation only: detectors have data-dependent shapes); the first
+    # steps are slow while it compiles
+    compile: bool = False
 
 
 class AugmentConfig(StrictModel):
@@ -173,7 +187,9 @@ class TrainerConfig(StrictModel):
     min_loss_scale: float = Field(1.0, gt=0.0)
     fast_dev_run: bool = False
     strategy: str = "auto"
-    log_every_n_steps: int = Field(10, gt=0)
+    # optimizer steps between training logs (losses, loss scale, step time); as Lightning's default, and the
+    # only steps where training waits for the GPU to read them
+    log_every_n_steps: int = Field(50, gt=0)
     # signals that stop fit gracefully: the step ends, last.ckpt is written, one line, exit 128 + signal number
     # (docs/reliability.md); a second one stops at once. Others keep their default action.
     stop_signals: list[Literal["SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGHUP"]] = Field(
@@ -279,6 +295,10 @@ class Config(StrictModel):
         kind = MODELS[self.model.name].task
         if kind != self.task:
             raise ValueError(f"model {self.model.name!r} is a {kind} model but task is {self.task!r}")
+        if self.train.compile and kind != "semantic_segmentation":
+            raise ValueError(f"train.compile supports semantic segmentation models only; {self.model.name!r} is a "
+                             f"{kind} model, whose data-dependent shapes (proposals, matching) make torch.compile "
+                             "recompile or fall back at every step: set train.compile=false")
         return self
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cvtrain.data.files import inside_root, read_image
+from cvtrain.data.files import inside_root, read_image_reduced
 from cvtrain.data.index import DatasetIndex, ImageRecord
 from cvtrain.errors import DataError
 
@@ -27,25 +27,31 @@ class DetectionDataset(Dataset):
     training targets (as torchvision's references do) and kept for evaluation.
     Boxes are clipped to the image and those with no area left are dropped; the
     checks report them before training.
+
+    With ``decode_size`` (the transform's longest side), a large JPEG is decoded at a
+    reduced scale that still covers it (``data.files.read_image_reduced``) and its boxes
+    scaled to match; ``orig_size`` stays the file's size. Instance masks are drawn at
+    the file's size, so with ``with_masks`` images are decoded whole.
     """
 
-    def __init__(self, index: DatasetIndex, transform=None, *, with_masks: bool = False):
+    def __init__(self, index: DatasetIndex, transform=None, *, with_masks: bool = False,
+                 decode_size: int | None = None):
         self.index = index
         self.images: list[ImageRecord] = list(index.images)
         self.transform = transform
         self.with_masks = with_masks
+        self.decode_size = None if with_masks else decode_size
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def load(self, record: ImageRecord) -> np.ndarray:
-        """The image of ``record`` as an RGB uint8 array (read through ``data.files``)."""
-        return read_image(inside_root(self.index.root, record.file_name))
+    def load(self, record: ImageRecord) -> tuple[np.ndarray, tuple[int, int]]:
+        """The image (maybe reduced) and the file's ``(height, width)``."""
+        return read_image_reduced(inside_root(self.index.root, record.file_name), self.decode_size)
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, dict[str, Any]]:
         record = self.images[position]
-        image = self.load(record)
-        height, width = image.shape[:2]
+        image, (height, width) = self.load(record)
         boxes, labels, keep = [], [], []
         for annotation in self.index.annotations_by_image.get(record.id, []):
             if annotation.iscrowd:
@@ -58,6 +64,9 @@ class DetectionDataset(Dataset):
             boxes.append((x0, y0, x1, y1))
             labels.append(self.index.label_of(annotation.category_id))
             keep.append(annotation)
+        if image.shape[:2] != (height, width):  # decoded at a reduced scale
+            factors = np.array([image.shape[1] / width, image.shape[0] / height] * 2, dtype=np.float32)
+            boxes = [tuple(np.asarray(box, dtype=np.float32) * factors) for box in boxes]
         masks = self.instance_masks(keep, height, width) if self.with_masks else None
         if self.transform is not None:
             extra = {"masks": list(masks)} if masks is not None else {}

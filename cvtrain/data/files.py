@@ -6,11 +6,13 @@ so what ``cvtrain check`` calls corrupt is exactly what training cannot read.
 - ``inside_root``: a name from an annotation or list file, resolved inside the
   dataset root or refused (absolute paths, ``..``, NUL bytes, symlinks leading out).
 - ``open_image``: ``PIL.Image.open`` that refuses decompression bombs.
-- ``read_image``: RGB uint8, whatever the file's mode (grey, palette, CMYK, 16-bit).
+- ``read_image``: RGB uint8, whatever the file's mode (grey, palette, CMYK, 16-bit);
+  ``read_image_reduced``: the same, a large JPEG decoded at a reduced scale (training).
 - ``read_mask``: class indices of an index, palette or colour mask, checked against the classes.
 """
 from __future__ import annotations
 
+import math
 import os
 import posixpath
 import warnings
@@ -97,14 +99,30 @@ def open_image(path: str | os.PathLike | IO[bytes], what: str = "image", *, name
 
 def read_image(path: Path) -> np.ndarray:
     """An RGB uint8 array; grey, palette, CMYK and 16-bit images are converted."""
+    return read_image_reduced(path, None)[0]
+
+
+def read_image_reduced(path: Path, longest: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """``read_image``, decoding a large JPEG at a reduced scale, and the file's own ``(height, width)``.
+
+    With ``longest`` set, a JPEG at least twice that size on its longest side is decoded at 1/2, 1/4 or 1/8
+    scale (PIL's ``draft``: libjpeg scales the DCT blocks while decoding, several times faster than decoding
+    every pixel and resizing), the largest reduction whose longest side still reaches ``longest``. Training
+    resizes to ``train.image_size`` right after, so nothing it keeps is lost. Coordinates in the file's pixels
+    scale by the returned array's shape over the returned size.
+    """
     try:
         image = open_image(path)
         with image:
+            size = (image.height, image.width)
+            if longest and image.format == "JPEG" and max(size) >= 2 * longest:
+                scale = longest / max(size)
+                image.draft(None, (max(1, math.ceil(image.width * scale)), max(1, math.ceil(image.height * scale))))
             if image.mode in HIGH_BIT_MODES:
                 array = np.asarray(image, dtype=np.float32)
                 array = (255 * (array - array.min()) / max(float(array.max() - array.min()), 1.0)).astype(np.uint8)
-                return np.stack([array] * 3, axis=-1)
-            return np.asarray(image.convert("RGB"))
+                return np.stack([array] * 3, axis=-1), size
+            return np.asarray(image.convert("RGB")), size
     except FileNotFoundError:
         raise DataError(
             "image file not found", where=str(path), hint="run 'cvtrain check' to list every missing file"

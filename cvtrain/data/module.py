@@ -1,6 +1,7 @@
 """The LightningDataModule: splits of one index, datasets, loaders."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,33 @@ from cvtrain.data.transforms import build_eval_transform, build_train_transform
 from cvtrain.data.workers import WorkerInit, WorkerLoader
 from cvtrain.errors import DataError
 
+MAX_AUTO_WORKERS = 8  # beyond this the decode of a step's batch rarely gets faster, and memory grows per worker
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity, as under SLURM or taskset; else all of them)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def auto_num_workers(processes: int) -> int:
+    """``train.num_workers: auto``: the cores each of ``processes`` training processes on this machine gets,
+    less one for the process itself (which runs the model), at most ``MAX_AUTO_WORKERS``.
+
+    >>> auto_num_workers(1) == min(MAX_AUTO_WORKERS, available_cores() - 1)
+    True
+    """
+    return max(0, min(MAX_AUTO_WORKERS, available_cores() // max(1, processes) - 1))
+
 
 def build_dataset(config: Config, index: DatasetIndex, *, train: bool) -> Dataset:
     """The torch Dataset for ``config.task`` over ``index``, with the spec's transforms."""
     size = config.train.image_size
     if config.task in ("detection", "instance_segmentation"):
         transform = build_train_transform(config.augment, size) if train else build_eval_transform(config.augment, size)
-        return DetectionDataset(index, transform, with_masks=config.task == "instance_segmentation")
+        return DetectionDataset(index, transform, with_masks=config.task == "instance_segmentation", decode_size=size)
     if config.task == "semantic_segmentation":
         fill = ignore_value(index.num_classes, index.ignore_index)  # padding is not scored
         transform = (build_train_transform(config.augment, size, with_boxes=False, mask_fill=fill) if train
@@ -66,15 +87,34 @@ class DataModule(pl.LightningDataModule):
                             hint="set data.splits, data.val_fraction, or data.train_split/val_split")
         return part
 
+    @property
+    def num_workers(self) -> int:
+        """``train.num_workers``, with ``auto`` resolved for the processes this trainer runs on one machine."""
+        workers = self.config.train.num_workers
+        if workers != "auto":
+            return workers
+        return auto_num_workers(self.trainer.num_devices if self.trainer is not None else 1)
+
     def _loader(self, dataset: Dataset, *, batch_size: int, drop_last: bool = False,
                 sampler: EpochSampler | None = None) -> DataLoader:
-        workers = self.config.train.num_workers
+        workers = self.num_workers
         # Workers ignore Ctrl-C, SIGTERM and SIGUSR1: the main process stops the run (engine.stopping).
         rank = self.trainer.global_rank if self.trainer is not None else 0
+        # Pinned (page-locked) batches copy to a GPU asynchronously; Lightning copies with non_blocking=True.
+        pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         return WorkerLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
-                            persistent_workers=workers > 0, pin_memory=False, drop_last=drop_last,
+                            persistent_workers=workers > 0, pin_memory=pin, drop_last=drop_last,
                             worker_init_fn=WorkerInit(rank) if workers else None,
                             generator=sampler.generator if sampler is not None else None)
+
+    def describe_workers(self) -> str:
+        """One line on the data loaders' workers, for the start of training."""
+        workers = self.num_workers
+        if self.config.train.num_workers != "auto":
+            return f"data loader: {workers} worker process(es) (train.num_workers)"
+        processes = self.trainer.num_devices if self.trainer is not None else 1
+        return (f"data loader: {workers} worker process(es) (train.num_workers auto: {available_cores()} cores "
+                f"for {processes} training process(es), one kept for each, at most {MAX_AUTO_WORKERS})")
 
     def train_dataloader(self) -> DataLoader:
         dataset = build_dataset(self.config, self.train_index, train=True)

@@ -18,8 +18,10 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.precision import MixedPrecision
 
 from cvtrain.config import Config
+from cvtrain.engine.acceleration import Acceleration
 from cvtrain.engine.callbacks import LastCheckpoint, LossScaleMonitor, active_scaler
 from cvtrain.engine.checkpoints import AtomicCheckpointIO, StepCheckpoints
+from cvtrain.engine.monitoring import LoaderClock, TrainingLog
 from cvtrain.engine.rundir import is_rank_zero
 from cvtrain.errors import ConfigError
 
@@ -123,8 +125,16 @@ def _in_notebook() -> bool:
 
 
 class ProgressBar(TQDMProgressBar):
-    """Lightning's progress bars, closed when a run stops on an error so that the error prints on a line of its own
-    rather than over a half-drawn validation bar."""
+    """Lightning's progress bars, showing ``train/loss`` as ``TrainingLog`` last read it (on the steps that log:
+    reading it every step would make every step wait for the GPU), and closed when a run stops on an error so
+    that the error prints on a line of its own rather than over a half-drawn validation bar."""
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        training_log = next((c for c in trainer.callbacks if isinstance(c, TrainingLog)), None)
+        if training_log is not None and "train/loss" in training_log.values:
+            metrics["train/loss"] = training_log.values["train/loss"]
+        return metrics
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         stages = ("predict", "test", "val", "train")  # inner bars first: closing one moves the cursor back up
@@ -146,7 +156,12 @@ def build_trainer(
     checkpoints: bool = True,
     **overrides: Any,
 ) -> pl.Trainer:
-    """The Lightning ``Trainer`` for ``config``, writing into ``run_dir``."""
+    """The Lightning ``Trainer`` for ``config``, writing into ``run_dir``.
+
+    Besides checkpoints, the learning-rate monitor and the progress bar it adds ``engine.acceleration.Acceleration``
+    (channels-last, compile, cudnn.benchmark) and, last, ``engine.monitoring.TrainingLog``, which reads what the
+    steps left on the device once per logging step; ``engine.monitoring.LoaderClock`` times the data loader.
+    """
     train = config.train
     saving: list[pl.Callback] = [ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="max", save_last=False, save_top_k=1,
@@ -172,8 +187,11 @@ def build_trainer(
             *saving,
             *([LearningRateMonitor(logging_interval="step")] if logger else []),
             ProgressBar(),
+            Acceleration(config),
             *(callbacks or []),
+            TrainingLog(),  # after the callbacks that leave values on the device for it
         ],
+        profiler=LoaderClock(),
         enable_checkpointing=checkpoints,
         logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
         if logger

@@ -10,7 +10,7 @@ from torchvision.utils import draw_bounding_boxes
 from cvtrain.config import Config
 from cvtrain.evaluation.coco import coco_evaluate
 from cvtrain.models import build_model
-from cvtrain.tasks.common import configure_optimization, gather_by_image
+from cvtrain.tasks.common import clip_gradients, configure_optimization, gather_by_image, keep_step_losses
 
 
 class DetectionTask(pl.LightningModule):
@@ -56,10 +56,7 @@ class DetectionTask(pl.LightningModule):
         # Sum in float32 whatever autocast produced: small FP16 terms would round away.
         losses = {name: value.float() for name, value in losses.items()}
         loss = torch.stack(list(losses.values())).sum()
-        batch_size = len(images)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        for name, value in losses.items():
-            self.log(f"train/{name}", value, batch_size=batch_size)
+        keep_step_losses(self, loss, losses)
         return loss
 
     def _model_target(self, target: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -70,6 +67,9 @@ class DetectionTask(pl.LightningModule):
 
     def configure_optimizers(self):
         return configure_optimization(self, self.config)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # -------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:

@@ -24,7 +24,7 @@ from cvtrain.evaluation.segmentation import (
     to_sparse,
 )
 from cvtrain.models import MODELS, build_model
-from cvtrain.tasks.common import configure_optimization, gather_by_image
+from cvtrain.tasks.common import clip_gradients, configure_optimization, gather_by_image, keep_step_losses
 
 log = logging.getLogger("cvtrain")
 
@@ -72,6 +72,7 @@ class SegmentationTask(pl.LightningModule):
     """
 
     monitor = "val/mIoU"
+    channels_last = False  # set by the engine with train.channels_last: the input batch then matches the weights
 
     def __init__(self, config: dict[str, Any], class_names: list[str], category_ids: list[int]):
         super().__init__()
@@ -120,7 +121,8 @@ class SegmentationTask(pl.LightningModule):
         return [{"logits": logits[row, :, : image.shape[-2], : image.shape[-1]]} for row, image in enumerate(images)]
 
     def _batch(self, images: list[torch.Tensor]) -> torch.Tensor:
-        return pad_stack([(image - self.mean) / self.std for image in images], 0.0)
+        batch = pad_stack([(image - self.mean) / self.std for image in images], 0.0)
+        return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
 
     def predict_mask(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Class indices ``(H, W)`` at ``size``: logits are resized bilinearly before the argmax."""
@@ -136,20 +138,27 @@ class SegmentationTask(pl.LightningModule):
         weight = self.class_weight if self.config.train.class_weights != "none" else None
         losses = {f"loss_{name}": self._loss(logits, masks, weight) for name, logits in outputs.items()}
         loss = losses["loss_out"] + AUX_WEIGHT * losses.get("loss_aux", 0.0)
-        batch_size = len(images)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        for name, value in losses.items():
-            self.log(f"train/{name}", value, batch_size=batch_size)
+        keep_step_losses(self, loss, losses)
         return loss
 
     def _loss(self, logits: torch.Tensor, masks: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-        if not (masks != self.ignore).any():
-            return logits.float().sum() * 0.0  # nothing scored in this batch: a zero loss, not NaN
+        """Cross-entropy's mean over the scored pixels (weighted: over their class weights), as
+        ``F.cross_entropy(reduction="mean")``, but 0 rather than NaN for a batch with no scored pixel, and
+        without asking the device whether there is one (which would make every step wait for the GPU)."""
         # float32 whatever autocast produced: softmax over FP16 logits loses the small classes.
-        return F.cross_entropy(logits.float(), masks, weight=weight, ignore_index=self.ignore)
+        total = F.cross_entropy(logits.float(), masks, weight=weight, ignore_index=self.ignore, reduction="sum")
+        scored = masks != self.ignore
+        if weight is None:
+            count = scored.sum().float()
+        else:
+            count = (weight[torch.where(scored, masks, 0)] * scored).sum()
+        return total / count.clamp_min(1e-12)
 
     def configure_optimizers(self):
         return configure_optimization(self, self.config)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
