@@ -20,14 +20,13 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any, Iterator, Union
 
+import msgspec
 import numpy as np
 
 from cvtrain.data.formats import register_reader
 from cvtrain.data.index import Annotation, Category, DatasetIndex, ImageRecord, Location
 from cvtrain.data.table import NONE, POLYGONS, RLE, AnnotationTable, polygon_columns, table_from_annotations
 from cvtrain.errors import DataError
-
-import msgspec
 
 HINT = "see https://cocodataset.org/#format-data for the layout"
 INT64 = (-(2**63), 2**63 - 1)
@@ -48,7 +47,8 @@ def paused_gc() -> Iterator[None]:
 def load_json(path: Path) -> Any:
     """Parse a JSON file with ``json``, turning every way it can fail into one ``DataError`` line."""
     if not path.is_file():
-        raise DataError("annotation file not found", where=str(path), hint="check data.root and the annotation path in the spec")
+        raise DataError("annotation file not found", where=str(path),
+                        hint="check data.root and the annotation path in the spec")
     raw = path.read_bytes()
     if not raw or raw.isspace():
         raise DataError("annotation file is empty", where=str(path), hint="export the annotations again")
@@ -63,7 +63,8 @@ def load_json(path: Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise DataError(f"invalid JSON: {error.msg}", where=f"{path}:{error.lineno}:{error.colno}", hint="fix the syntax at that position") from None
+        raise DataError(f"invalid JSON: {error.msg}", where=f"{path}:{error.lineno}:{error.colno}",
+                        hint="fix the syntax at that position") from None
     except RecursionError:
         raise DataError("JSON nested too deeply", where=str(path), hint="this is not a COCO annotation file") from None
 
@@ -192,7 +193,8 @@ def _from_json(path: Path, image_dir: str, source: Location):
 def _categories(raw_categories: list, path: Path) -> list[Category]:
     categories = []
     for position, raw in enumerate(raw_categories):
-        _require(isinstance(raw, dict) and _integer(raw.get("id")), path, f"categories[{position}] needs an integer 'id'")
+        _require(isinstance(raw, dict) and _integer(raw.get("id")), path,
+                 f"categories[{position}] needs an integer 'id'")
         _require(isinstance(raw.get("name"), str), path, f"category id {raw['id']} needs a string 'name'")
         categories.append(Category(raw["id"], raw["name"], raw.get("supercategory")))
     return categories
@@ -252,7 +254,8 @@ def _images_slowly(raw_images: list, path: Path, image_dir: str, source: Locatio
                      path, f"image id {raw['id']}: '{name}' is {value!r}, expected an integer")
         records.append(ImageRecord(
             id=raw["id"],
-            file_name=posixpath.normpath(posixpath.join(image_dir, raw["file_name"])) if image_dir else raw["file_name"],
+            file_name=posixpath.normpath(posixpath.join(image_dir, raw["file_name"])) if image_dir
+            else raw["file_name"],
             width=int(width) if width is not None else None,
             height=int(height) if height is not None else None,
             source=source,
@@ -303,7 +306,8 @@ def _annotations_slowly(raw_annotations: list, path: Path, source: Location) -> 
         _require(isinstance(raw, dict), path, f"{label} is not an object")
         for key in ("id", "image_id", "category_id"):
             value = raw.get(key)
-            _require(_integer(value), path, f"{label} (id {raw.get('id')!r}): '{key}' is {value!r}, expected an integer")
+            _require(_integer(value), path,
+                     f"{label} (id {raw.get('id')!r}): '{key}' is {value!r}, expected an integer")
         label = f"annotation id {raw['id']}"
         bbox = raw.get("bbox")
         segmentation = raw.get("segmentation")
