@@ -75,9 +75,8 @@ def test_backend_choice(monkeypatch):
     with pytest.raises(ConfigError, match="eval.backend is 'fastest'"):
         coco_backend("fastest")
     real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "faster_coco_eval" else real(name)
-    )
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *rest: None if name == "faster_coco_eval" else real(name, *rest))
     assert coco_backend("auto") == "pycocotools"
     with pytest.raises(ConfigError, match=r"pip install 'cvtrain\[fast-eval\]'"):
         coco_backend("faster")

@@ -173,8 +173,10 @@ class DatasetIndex:
         split_of = {image.id: image.split or "all" for image in self.images}
         for image in self.images:
             per_split.setdefault(image.split or "all", {"images": 0, "annotations": 0})["images"] += 1
-        for annotation in self.annotations:
-            name = split_of.get(annotation.image_id, "unknown")
+        image_ids = self.annotations.image_id.tolist() if _is_table(self.annotations) else \
+            [annotation.image_id for annotation in self.annotations]
+        for image_id in image_ids:
+            name = split_of.get(image_id, "unknown")
             per_split.setdefault(name, {"images": 0, "annotations": 0})["annotations"] += 1
         return {
             "classes": self.num_classes,

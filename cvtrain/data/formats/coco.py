@@ -48,9 +48,8 @@ def paused_gc() -> Iterator[None]:
 def load_json(path: Path) -> Any:
     """Parse a JSON file with ``json``, turning every way it can fail into one ``DataError`` line."""
     if not path.is_file():
-        raise DataError(
-            "annotation file not found", where=str(path), hint="check data.root and the annotation path in the spec"
-        )
+        raise DataError("annotation file not found", where=str(path),
+                        hint="check data.root and the annotation path in the spec")
     raw = path.read_bytes()
     if not raw or raw.isspace():
         raise DataError("annotation file is empty", where=str(path), hint="export the annotations again")
@@ -65,11 +64,8 @@ def load_json(path: Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise DataError(
-            f"invalid JSON: {error.msg}",
-            where=f"{path}:{error.lineno}:{error.colno}",
-            hint="fix the syntax at that position",
-        ) from None
+        raise DataError(f"invalid JSON: {error.msg}", where=f"{path}:{error.lineno}:{error.colno}",
+                        hint="fix the syntax at that position") from None
     except RecursionError:
         raise DataError("JSON nested too deeply", where=str(path), hint="this is not a COCO annotation file") from None
 
@@ -198,9 +194,8 @@ def _from_json(path: Path, image_dir: str, source: Location):
 def _categories(raw_categories: list, path: Path) -> list[Category]:
     categories = []
     for position, raw in enumerate(raw_categories):
-        _require(
-            isinstance(raw, dict) and _integer(raw.get("id")), path, f"categories[{position}] needs an integer 'id'"
-        )
+        _require(isinstance(raw, dict) and _integer(raw.get("id")), path,
+                 f"categories[{position}] needs an integer 'id'")
         _require(isinstance(raw.get("name"), str), path, f"category id {raw['id']} needs a string 'name'")
         categories.append(Category(raw["id"], raw["name"], raw.get("supercategory")))
     return categories
@@ -258,17 +253,14 @@ def _images_slowly(raw_images: list, path: Path, image_dir: str, source: Locatio
         for name, value in (("width", width), ("height", height)):
             _require(value is None or (_number(value) and math.isfinite(value) and float(value).is_integer()),
                      path, f"image id {raw['id']}: '{name}' is {value!r}, expected an integer")
-        records.append(
-            ImageRecord(
-                id=raw["id"],
-                file_name=posixpath.normpath(posixpath.join(image_dir, raw["file_name"]))
-                if image_dir
-                else raw["file_name"],
-                width=int(width) if width is not None else None,
-                height=int(height) if height is not None else None,
-                source=source,
-            )
-        )
+        records.append(ImageRecord(
+            id=raw["id"],
+            file_name=posixpath.normpath(posixpath.join(image_dir, raw["file_name"])) if image_dir
+            else raw["file_name"],
+            width=int(width) if width is not None else None,
+            height=int(height) if height is not None else None,
+            source=source,
+        ))
     for raw, record in zip(raw_images, records):
         if raw.get("ignore_regions") is not None:
             _set_ignore_regions(record, raw["ignore_regions"])
@@ -315,9 +307,8 @@ def _annotations_slowly(raw_annotations: list, path: Path, source: Location) -> 
         _require(isinstance(raw, dict), path, f"{label} is not an object")
         for key in ("id", "image_id", "category_id"):
             value = raw.get(key)
-            _require(
-                _integer(value), path, f"{label} (id {raw.get('id')!r}): '{key}' is {value!r}, expected an integer"
-            )
+            _require(_integer(value), path,
+                     f"{label} (id {raw.get('id')!r}): '{key}' is {value!r}, expected an integer")
         label = f"annotation id {raw['id']}"
         bbox = raw.get("bbox")
         segmentation = raw.get("segmentation")
