@@ -117,7 +117,7 @@ def test_onnxruntime_alone_reproduces_the_checkpoint(detector):
     image of another size than the one traced, the ten best detections row by row."""
     tmp, fitted, exported = detector
     task = load_task(fitted.best_checkpoint).eval()
-    image = torch.from_numpy(np.asarray(Image.open(sorted((tmp / "shapes" / "images").iterdir())[0]))).float() / 255
+    image = torch.from_numpy(np.array(Image.open(sorted((tmp / "shapes" / "images").iterdir())[0]))).float() / 255
     image = torch.nn.functional.interpolate(image.permute(2, 0, 1)[None], size=(72, 96), mode="bilinear")[0]
     session = onnxruntime.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
     boxes, scores, labels, index = session.run(None, {"images": image[None].numpy()})
