@@ -229,6 +229,10 @@ def save_checkpoint(path: Path, config_tree: dict, seed: int) -> Path:
 
 def test_evaluate_writes_intervals_baseline_slices_and_compares(shapes, one_thread, tmp_path):
     tree = spec(shapes)
+    names = sorted(p.name for p in (shapes / "images").glob("val_*.png"))
+    (tmp_path / "cameras.csv").write_text("file_name,camera\n" + "".join(f"{n},{'AB'[i % 2]}\n"
+                                                                         for i, n in enumerate(names)))
+    tree["slices"]["attributes"] = str(tmp_path / "cameras.csv")
     first = save_checkpoint(tmp_path / "a" / "checkpoints" / "a.ckpt", tree, 0)
     second = save_checkpoint(tmp_path / "b" / "checkpoints" / "b.ckpt", tree, 1)
     result = cvtrain.evaluate(checkpoint=first, out=tmp_path / "eval", resamples=200, progress=False)
@@ -236,7 +240,9 @@ def test_evaluate_writes_intervals_baseline_slices_and_compares(shapes, one_thre
     low, high = written["mAP_ci95"]
     assert low <= written["scalars"]["mAP"] <= high and written["intervals"]["resamples"] == 200
     assert written["baseline"]["mAP"] == written["scalars"]["baseline_mAP"] >= 0 and written["baseline"]["priors"] > 0
-    assert {row["attribute"] for row in written["slices"]["slices"]} >= {"object_count", "brightness"}
+    slices = written["slices"]["slices"]
+    assert {row["attribute"] for row in slices} >= {"object_count", "brightness", "camera"}
+    assert sorted(row["images"] for row in slices if row["attribute"] == "camera") == [5, 5]
     pair = cvtrain.evaluate(checkpoint=first, compare=second, out=tmp_path / "pair", resamples=200, progress=False)
     compared = json.loads((tmp_path / "pair" / "compare.json").read_text())["metrics"]["mAP"]
     assert compared["difference"] == pytest.approx(compared["second"] - compared["first"])

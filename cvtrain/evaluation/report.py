@@ -69,7 +69,7 @@ def robustness_figure(result: RobustnessResult):
         axis.legend(fontsize=7)
     axes[0][0].set_ylabel(result.metric)
     figure.suptitle(f"{result.metric} under corruption: mPC {result.mpc:.3f} (dotted), "
-                    f"rPC {_percent(result.rpc)}", fontsize=10)
+                    f"rPC {_percent(result.rpc)}", fontsize=10, y=1.04)
     return figure
 
 
