@@ -113,14 +113,14 @@ class Case:
     workers: int | None = None
 
 
-FULL = [
-    Case("fasterrcnn_r50_fpn_v2", "fasterrcnn_resnet50_fpn_v2", "raccoon", 8, 800, 10, 40),
-    Case("deeplabv3_r50", "deeplabv3_resnet50", "camvid", 16, 512, 10, 30, options={"aux_loss": True}, crop=True),
-    Case("fasterrcnn_mbv3_fpn", "fasterrcnn_mobilenet_v3_large_fpn", "raccoon", 8, 800, 10, 60),
-    Case("overhead", TINY, "shapes", 2, 64, 30, 300, precisions=("fp32",), workers=0),
+FULL = [  # sized so that scripts/gpu_check.sh runs all of it in about 5 minutes on one GPU
+    Case("fasterrcnn_r50_fpn_v2", "fasterrcnn_resnet50_fpn_v2", "raccoon", 8, 800, 8, 25),
+    Case("deeplabv3_r50", "deeplabv3_resnet50", "camvid", 16, 512, 8, 20, options={"aux_loss": True}, crop=True),
+    Case("fasterrcnn_mbv3_fpn", "fasterrcnn_mobilenet_v3_large_fpn", "raccoon", 8, 800, 8, 40),
+    Case("overhead", TINY, "shapes", 2, 64, 20, 150, precisions=("fp32",), workers=1),
 ]
-SMALL = [
-    Case("overhead", TINY, "shapes", 2, 64, 30, 300, precisions=("fp32", "bf16-amp"), workers=0),
+SMALL = [  # one worker: the loop's own cost is what the main process spends; decoding happens beside it
+    Case("overhead", TINY, "shapes", 2, 64, 30, 300, precisions=("fp32", "bf16-amp"), workers=1),
     Case("ssdlite320", "ssdlite320_mobilenet_v3_large", "raccoon", 4, 320, 3, 20, precisions=("fp32", "bf16-amp"),
          workers=1),
 ]
@@ -449,47 +449,53 @@ def median_of(runs: list[dict]) -> dict:
     return {**middle, "repeats_cpu_ms_mean": [round(run["cpu_ms_mean"], 2) for run in good]}
 
 
-def print_table(rows: list[dict], device: str) -> None:
-    """One line per run; cvtrain's lines end with cvtrain / plain and the fixed cost per step.
+class Table:
+    """Prints one line per run as it finishes; cvtrain's lines end with cvtrain / plain and the cost per step.
 
     On the CPU, where other jobs may share the cores, the ratio and the cost per step come from this process's
     CPU time (mean per timed step, logging steps included); on CUDA from wall-clock time.
     """
-    cpu = device == "cpu"
-    print(f"{'case':<20}{'precision':<10}{'runner':<8}{'images/s':>9}{'x FP32':>7}{'median ms':>10}{'p90 ms':>8}"
-          f"{'wait':>6}{'CPU ms':>8}{'peak MiB':>9}{'x FP32':>7}{'cvtrain/plain':>14}{'+ms/step':>9}")
-    fp32: dict[tuple[str, str], dict] = {}
-    plain: dict[tuple[str, str], dict] = {}
-    for row in rows:
-        key = (row["case"], row["runner"])
-        label = f"{row['case']:<20}{row['precision']:<10}{row['runner']:<8}"
+
+    def __init__(self, device: str):
+        self.cpu = device == "cpu"
+        self.rows: list[dict] = []
+        print(f"{'case':<22}{'precision':<10}{'runner':<8}{'images/s':>9}{'x FP32':>7}{'median ms':>10}{'p90 ms':>8}"
+              f"{'wait':>6}{'CPU ms':>8}{'peak MiB':>9}{'x FP32':>7}{'cvtrain/plain':>14}{'+ms/step':>9}", flush=True)
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        label = f"{row['case']:<22}{row['precision']:<10}{row['runner']:<8}"
         if "error" in row:
-            print(label + row["error"])
-            continue
-        if row["precision"] == "fp32":
-            fp32[key] = row
-        if row["runner"] == "plain":
-            plain[(row["case"], row["precision"])] = row
-        base = fp32.get(key)
+            print(label + row["error"], flush=True)
+            return
+        base = self.find(row["case"], "fp32", row["runner"])
         speed = row["images_per_second"] / base["images_per_second"] if base else float("nan")
         memory = row["peak_mib"] / base["peak_mib"] if base and base["peak_mib"] > 0 else float("nan")
         line = (label + f"{row['images_per_second']:>9.1f}{speed:>7.2f}{row['step_ms_median']:>10.2f}"
                 f"{row['step_ms_p90']:>8.2f}{100 * row['wait_share']:>5.0f}%{row['cpu_ms_mean']:>8.2f}"
                 f"{row['peak_mib']:>9.0f}{memory:>7.2f}")
-        reference = plain.get((row["case"], row["precision"]))
+        reference = self.find(row["case"], row["precision"], "plain")
         if row["runner"] == "cvtrain" and reference:
-            if cpu:
+            if self.cpu:
                 ours, theirs = row["cpu_ms_mean"], reference["cpu_ms_mean"]
             else:
-                ours, theirs = 1000 / row["images_per_second"], 1000 / reference["images_per_second"]
-                ours, theirs = ours * row["batch"], theirs * reference["batch"]
+                ours = 1000 * row["batch"] / row["images_per_second"]
+                theirs = 1000 * reference["batch"] / reference["images_per_second"]
+            row["cvtrain_over_plain"], row["overhead_ms"] = ours / theirs, ours - theirs
             line += f"{ours / theirs:>14.3f}{ours - theirs:>+9.2f}"
-        print(line)
-    if not cpu:
+        print(line, flush=True)
+
+    def find(self, case: str, precision: str, runner: str) -> dict | None:
+        return next((r for r in self.rows if (r["case"], r["precision"], r["runner"]) == (case, precision, runner)
+                     and "error" not in r), None)
+
+    def warmup_peaks(self) -> None:
+        if self.cpu:
+            return
         print("peak memory during the warm-up (cuDNN benchmark trial workspaces included; not training's peak):")
-        for row in rows:
+        for row in self.rows:
             if "error" not in row:
-                print(f"  {row['case']:<20}{row['precision']:<10}{row['runner']:<8}{row['warmup_peak_mib']:>9.0f} MiB")
+                print(f"  {row['case']:<22}{row['precision']:<10}{row['runner']:<8}{row['warmup_peak_mib']:>9.0f} MiB")
 
 
 def main() -> None:
@@ -503,7 +509,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs of each (the median is shown)")
     parser.add_argument("--threads", type=int, help="torch CPU threads per run (default: --small 1, else torch's)")
     parser.add_argument("--datasets", type=Path, help="folder holding raccoon/ and camvid/")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--json", type=Path, help="also write the results here (after every run)")
+    parser.add_argument("--budget", type=float, help="start no run after this many seconds")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -514,17 +521,28 @@ def main() -> None:
     datasets = args.datasets or (Path(shared) / "datasets" if shared else REPO.parent / "shared" / "datasets")
     threads = args.threads or (1 if args.small and device == "cpu" else None)
     cases = [c for c in (SMALL if args.small else FULL) if not args.cases or c.name in args.cases]
+    if args.datasets is None and (REPO / ".bench-data").is_dir():
+        datasets = REPO / ".bench-data"  # carried to a GPU machine beside the checkout (scripts/gpu_check.sh)
     name = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or platform.machine()
     print(f"device: {device} ({name}); torch {torch.__version__}, lightning {pl.__version__}; "
           f"{os.cpu_count()} CPU cores" + (f"; {threads} torch thread(s) per run" if threads else ""))
     cache = Path(tempfile.gettempdir()) / "cvtrain-bench-data"
-    rows = []
+    table = Table(device)
     started = time.perf_counter()
+    skipped = []
+
+    def save() -> None:
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"device": device, "device_name": name, "torch": torch.__version__,
+                                             "threads": threads, "results": table.rows, "skipped": skipped},
+                                            indent=2) + "\n")
+
     for case in cases:
         case = replace(case, steps=args.steps or case.steps, warmup=args.warmup if args.warmup is not None
                        else case.warmup)
         _, source = dataset_section(case, datasets, cache)
-        print(f"{case.name}: {case.model}, {source}, batch {case.batch}, {case.size} px, {case.warmup} warm-up + "
+        print(f"# {case.name}: {case.model}, {source}, batch {case.batch}, {case.size} px, {case.warmup} warm-up + "
               f"{case.steps} timed steps, workers {'auto' if case.workers is None else case.workers}", flush=True)
         for precision in case.precisions:
             if args.precisions and precision not in args.precisions:
@@ -532,17 +550,20 @@ def main() -> None:
             if precision == "bf16-amp" and device == "cuda" and not torch.cuda.is_bf16_supported():
                 continue
             for runner in ("plain", "cvtrain"):
+                if args.budget and time.perf_counter() - started > args.budget:
+                    skipped.append(f"{case.name} {precision} {runner}")
+                    continue
                 runs = [run_child({"case": asdict(case), "precision": precision, "runner": runner, "device": device,
                                    "threads": threads, "datasets": str(datasets), "cache": str(cache)})
                         for _ in range(args.repeats)]
-                rows.append({"case": case.name, "model": case.model, "batch": case.batch, "precision": precision,
-                             "runner": runner, **median_of(runs)})
-    print_table(rows, device)
+                table.add({"case": case.name, "model": case.model, "batch": case.batch, "precision": precision,
+                           "runner": runner, **median_of(runs)})
+                save()
+    table.warmup_peaks()
+    if skipped:
+        print(f"not run, past --budget {args.budget} s: {', '.join(skipped)}")
     print(f"total {time.perf_counter() - started:.0f} s")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"device": device, "device_name": name, "torch": torch.__version__,
-                                         "threads": threads, "results": rows}, indent=2) + "\n")
+    save()
 
 
 if __name__ == "__main__":

@@ -313,7 +313,7 @@ class DivergenceGuard(pl.Callback):
         if active_scaler(trainer) is not None:
             return  # gradients may be inf here by design: the scaler skips this step
         optimizer = getattr(optimizer, "optimizer", optimizer)  # Lightning's wrapper, if any
-        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         loss_bad, loss, self._loss_bad, self._loss = self._loss_bad, self._loss, None, None
         if not optimizer.defaults.get("fused"):
             if loss_bad is not None and bool(loss_bad):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,18 @@ class ProgressBar(TQDMProgressBar):
     """Lightning's progress bars, showing ``train/loss`` as ``TrainingLog`` last read it (on the steps that log:
     reading it every step would make every step wait for the GPU), and closed when a run stops on an error so
     that the error prints on a line of its own rather than over a half-drawn validation bar."""
+
+    redraw_seconds = 0.1  # tqdm's own minimum interval; Lightning redraws the bar after every batch
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        now = time.monotonic()
+        bar = self.train_progress_bar
+        last = bar is not None and batch_idx + 1 == bar.total
+        if now - getattr(self, "_drawn", 0.0) < self.redraw_seconds and not last:
+            return  # two terminal writes per step cost more than a fast GPU step can spare
+        self._drawn = now
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)
