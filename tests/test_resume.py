@@ -247,8 +247,16 @@ def test_overwrite_then_resume_continues_the_new_run_not_the_replaced_one(whole,
     spec = str(killed.parent / "spec.yaml")
     process = cli("fit", "-c", spec, "--run-dir", str(run), "--overwrite", cwd=tmp_path)
     first = run / "checkpoints" / "step-00000003.ckpt"
+
+    def new_run_wrote_step_3() -> bool:
+        try:
+            stamp = torch.load(first, weights_only=True, mmap=True)["cvtrain_run_id"]
+            return stamp == json.loads((run / "run.json").read_text())["run_id"] != old_id
+        except (OSError, ValueError, RuntimeError, KeyError):
+            return False
+
     deadline = time.time() + 600
-    while not first.exists() and process.poll() is None and time.time() < deadline:
+    while not new_run_wrote_step_3() and process.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
@@ -271,6 +279,7 @@ def test_a_run_without_checkpoint_points_to_the_one_command_that_works(tmp_path,
     spec = write_spec(tmp_path)
     run = Path("run")
     cvtrain.fit(spec, run_dir=run, fast_dev_run=True)  # config.yaml and run.json, no checkpoint (as an early stop)
+    capsys.readouterr()
     assert main(["fit", "-c", str(spec), "--run-dir", str(run)]) == 2
     error = capsys.readouterr().err.strip()
     assert error == f"error: {run}: run directory already holds a run (it has no checkpoint to resume from: pass " \
