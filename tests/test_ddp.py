@@ -217,7 +217,7 @@ def test_other_ranks_neither_check_nor_create_the_run_directory(tmp_path, monkey
     # Rank 0 may have written its config already: rank 1 must neither fail on it nor pick another directory.
     assert choose_run_dir(tmp_path / "runs" / "tiny", "tiny") == tmp_path / "runs" / "tiny"
     assert choose_run_dir(None, "tiny") == Path("runs/tiny")  # a guess; MetricsFile.setup broadcasts rank 0's
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["tiny"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["tiny", "tiny-2"]  # rank 0's claim alone
 
 
 # ------------------------------------------------------ launcher environments

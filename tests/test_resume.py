@@ -31,6 +31,7 @@ from cvtrain.data.loading import build_index
 from cvtrain.data.sampling import EpochSampler
 from cvtrain.engine.callbacks import RandomState
 from cvtrain.engine.checkpoints import AtomicCheckpointIO, find_resume_checkpoint
+from cvtrain.engine.rundir import choose_run_dir
 
 STEPS_PER_EPOCH = 4  # 12 training images (16, a quarter for validation) in batches of 3
 
@@ -132,6 +133,9 @@ def test_sigkill_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(whole
     assert f"resuming from {resumed}" in stdout
     assert step_of(run / "checkpoints" / "last.ckpt") == 3 * STEPS_PER_EPOCH
     assert_same_run(run, whole)
+    # the newest two periodic checkpoints stay, as the docs say (none at step 12: last.ckpt follows its validation)
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-00000006.ckpt", "step-00000009.ckpt"]
+    assert "exists and is not empty" not in stderr  # Lightning's warning, pointless when resuming
 
 
 def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(whole, killed, tmp_path, caplog):
@@ -230,6 +234,127 @@ def test_fit_into_a_run_directory_that_holds_a_run_is_refused_and_changes_nothin
     first = cvtrain.fit(tmp_module / "spec.yaml", fast_dev_run=True)
     second = cvtrain.fit(tmp_module / "spec.yaml", fast_dev_run=True)
     assert (first.run_dir, second.run_dir) == (Path("runs/spec"), Path("runs/spec-2"))
+
+
+# ------------------------------------------------------------- run directories
+def test_overwrite_then_resume_continues_the_new_run_not_the_replaced_one(whole, killed, tmp_path):
+    """The old run has step-6 in epoch 2; the new run (--overwrite) is killed right after its step 3. --resume must
+    continue the new run from step 3, and end as an uninterrupted run does; nothing of the old run remains."""
+    run = tmp_path / "run"
+    shutil.copytree(killed, run)
+    old_id = json.loads((run / "run.json").read_text())["run_id"]
+    assert step_of(run / "checkpoints" / "step-00000006.ckpt") == 6
+    spec = str(killed.parent / "spec.yaml")
+    process = cli("fit", "-c", spec, "--run-dir", str(run), "--overwrite", cwd=tmp_path)
+    first = run / "checkpoints" / "step-00000003.ckpt"
+
+    def new_run_wrote_step_3() -> bool:
+        try:
+            stamp = torch.load(first, weights_only=True, mmap=True)["cvtrain_run_id"]
+            return stamp == json.loads((run / "run.json").read_text())["run_id"] != old_id
+        except (OSError, ValueError, RuntimeError, KeyError):
+            return False
+
+    deadline = time.time() + 600
+    while not new_run_wrote_step_3() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    new_id = json.loads((run / "run.json").read_text())["run_id"]
+    assert new_id != old_id and not (run / "checkpoints" / "step-00000006.ckpt").exists()
+    assert find_resume_checkpoint(run).path == first
+    done = cli("fit", "-c", spec, "--run-dir", str(run), "--resume", cwd=tmp_path)
+    stdout, stderr = done.communicate(timeout=600)
+    assert done.returncode == 0, stderr[-3000:]
+    assert json.loads((run / "run.json").read_text())["resumed_from"] == str(first)
+    assert_same_run(run, whole)
+    assert not list(tmp_path.glob("run.replaced-*"))  # the replaced run is deleted once the new one has a checkpoint
+    stamps = {torch.load(path, weights_only=True, mmap=True)["cvtrain_run_id"] for path in run.glob("checkpoints/*")}
+    assert stamps == {new_id}
+
+
+def test_a_run_without_checkpoint_points_to_the_one_command_that_works(tmp_path, capsys, monkeypatch):
+    """No circle between '--resume' and 'already holds a run': both name the command that starts it again."""
+    monkeypatch.chdir(tmp_path)
+    spec = write_spec(tmp_path)
+    run = Path("run")
+    cvtrain.fit(spec, run_dir=run, fast_dev_run=True)  # config.yaml and run.json, no checkpoint (as an early stop)
+    capsys.readouterr()
+    assert main(["fit", "-c", str(spec), "--run-dir", str(run)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == f"error: {run}: run directory already holds a run (it has no checkpoint to resume from: pass " \
+                    "--overwrite to start it again in place, or another --run-dir)"
+    assert main(["fit", "-c", str(spec), "--run-dir", str(run), "--resume"]) == 2
+    error = capsys.readouterr().err.strip()
+    command = "cvtrain fit -c run/config.yaml --run-dir run --overwrite"
+    assert error == f"error: {run}: nothing to resume: the run stopped before writing its first checkpoint " \
+                    f"(start it again in place: {command})"
+    assert main([*command.split()[1:], "--fast-dev-run"]) == 0  # the command works
+    assert main(["fit", "-c", str(spec), "--run-dir", "nowhere", "--resume"]) == 2
+    assert "nothing to resume: the run directory does not exist" in capsys.readouterr().err
+    assert not Path("nowhere").exists()
+
+
+def test_runs_started_at_the_same_moment_get_two_folders(tmp_path):
+    spec = write_spec(tmp_path)
+    runs = [cli("fit", "-c", str(spec), "--fast-dev-run", cwd=tmp_path) for _ in range(2)]
+    outputs = [process.communicate(timeout=600) for process in runs]
+    assert [process.returncode for process in runs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    chosen = sorted(line.split()[-1] for stdout, _ in outputs for line in stdout.splitlines()
+                    if line.startswith("run directory: runs"))
+    assert chosen == ["runs/spec", "runs/spec-2"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["spec", "spec-2"]
+
+
+def test_run_names_are_one_path_segment_and_inherited_run_dirs_are_ignored(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = write_spec(tmp_path)
+    for name in ("a/b", "../../x", ".hidden", "a b"):
+        assert main(["fit", "-c", str(spec), f"name={name}"]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and f"run name {name!r} is not one path segment" in error
+        assert "letters, digits, '-', '_' and '.'" in error
+    assert not (tmp_path / "runs").exists() and not (tmp_path.parent / "x").exists()
+    (tmp_path / "runs" / "spec").mkdir(parents=True)
+    (tmp_path / "runs" / "spec" / "config.yaml").write_text("an earlier run\n")
+    # a shell's, a stranger's, this process's own: none is followed
+    for number, inherited in enumerate(("runs/spec", "12345:runs/spec", f"{os.getpid()}:runs/spec"), start=2):
+        monkeypatch.setenv("CVTRAIN_RUN_DIR", inherited)
+        assert choose_run_dir(None, "spec") == Path(f"runs/spec-{number}")
+        with pytest.raises(cvtrain.CvtrainError, match="already holds a run"):
+            choose_run_dir(Path("runs/spec"), "spec")
+    # only the process that set it (the parent of a DDP process Lightning starts) is followed
+    monkeypatch.setenv("CVTRAIN_RUN_DIR", f"{os.getppid()}:runs/spec")
+    assert choose_run_dir(None, "spec") == Path("runs/spec")
+
+
+def test_check_and_predict_outputs_follow_the_run_directory_rules(whole, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = str(whole.parent.parent.parent / "spec.yaml")
+    assert main(["check", "-c", spec]) == 0 and main(["check", "-c", spec]) == 0
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["check-spec", "check-spec-2"]
+    assert main(["check", "-c", spec, "--out", "runs/check-spec"]) == 2  # an explicit folder is not overwritten
+    assert "output folder is not empty" in capsys.readouterr().err
+    (tmp_path / "runs" / "check-spec" / "stale.txt").write_text("from before")
+    assert main(["check", "-c", spec, "--out", "runs/check-spec", "--overwrite"]) == 0
+    assert sorted(p.name for p in (tmp_path / "runs" / "check-spec").iterdir()) == ["report.html", "report.json"]
+    assert main(["check", "-c", spec, "--out", "bad", "checks.box_tolerence=1"]) == 2  # fails: no folder left
+    assert not (tmp_path / "bad").exists()
+
+    source = tmp_path / "photos"
+    source.mkdir()
+    for image in sorted((whole.parent.parent.parent / "shapes" / "images").glob("*.png"))[:5]:
+        shutil.copy(image, source / image.name)
+    (source / "zz-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")  # read in the second batch
+    checkpoint = str(whole)
+    assert main(["predict", "--checkpoint", checkpoint, "--source", "missing", "--out", "p"]) == 2
+    assert main(["predict", "--checkpoint", checkpoint, "--source", str(source), "--out", "p"]) == 2
+    assert "cannot decode image" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists() and not (tmp_path / "runs" / "predict").exists()  # nothing half-written
+    (source / "zz-broken.png").unlink()
+    assert main(["predict", "--checkpoint", checkpoint, "--source", str(source)]) == 0
+    assert main(["predict", "--checkpoint", checkpoint, "--source", str(source)]) == 0
+    assert sorted(p.name for p in (tmp_path / "runs").glob("predict*")) == ["predict", "predict-2"]
 
 
 # ------------------------------------------------------------------ divergence

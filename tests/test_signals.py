@@ -259,6 +259,29 @@ def test_a_signal_stops_with_a_checkpoint_one_line_and_the_signals_code(signal_n
     table(signal_name, moment, 1, code, "yes", f"last.ckpt at epoch {epoch} step {step}", "yes")
 
 
+def test_a_signal_before_training_stops_at_once_and_names_the_command_that_starts_again(folder, whole, tmp_path,
+                                                                                       monkeypatch):
+    """During the dataset checks there is nothing to save: the run stops at once, says so, and the command it
+    prints starts the run again in place (a new run, equal to the uninterrupted one)."""
+    run = tmp_path / "run"
+    fit = Fit("-c", str(folder / "spec.yaml"), "--run-dir", str(run), cwd=tmp_path)
+    fit.wait_until(lambda: "decoding images" in fit.text("err"), "the dataset checks")
+    fit.send(signal.SIGSTOP)  # frozen inside the checks; the signal is handled there when it continues
+    fit.send(signal.SIGTERM)
+    fit.send(signal.SIGCONT)
+    code, err = fit.finish()
+    assert code == 143, err[-3000:]
+    line = stop_line(err)
+    command = f"cvtrain fit -c {run}/config.yaml --run-dir {run} --overwrite"
+    assert line == f"interrupted before training started; no checkpoint yet; start it again with: {command}"
+    assert not (run / "checkpoints").exists()
+    monkeypatch.chdir(tmp_path)
+    assert main(shlex.split(command)[1:]) == 0
+    assert_same_run(run, whole)
+    table("SIGTERM", "dataset checks (before training)", 1, code, "yes", "none (nothing trained yet)",
+          "yes (started again in place)")
+
+
 def pending(pid: int, number: int) -> bool:
     """Whether signal ``number`` waits to be delivered to process ``pid`` (``ShdPnd`` in /proc/<pid>/status)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -154,14 +154,16 @@ def inspect_files(tasks: list[tuple[str, str]], *, decode: bool, cache: DecodeCa
     bar = dict(total=len(jobs), desc="checking files" if not decode else "decoding images", unit="file",
                disable=not progress, leave=False)
     if workers == 1 or len(jobs) < 32:
-        results = list(tqdm(map(inspect_file, jobs), **bar))
+        with tqdm(map(inspect_file, jobs), **bar) as shown:  # closed (and cleared) on an error or a Ctrl-C too
+            results = list(shown)
     else:
         chunk = max(1, min(64, len(jobs) // (workers * 8)))
         # The pool's processes ignore Ctrl-C and SIGTERM (they reach the whole process group): the main process stops.
         with ProcessPoolExecutor(max_workers=workers, initializer=ignore_stop_signals) as pool:
             with signals_held():  # processes start inside map(); none gets a signal before it ignores it
                 mapped = pool.map(inspect_file, jobs, chunksize=chunk)
-            results = list(tqdm(mapped, **bar))
+            with tqdm(mapped, **bar) as shown:
+                results = list(shown)
     for (path, kind), result in zip(tasks, results):
         cache.put(path, kind, result)
     cache.save()
