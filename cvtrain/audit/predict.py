@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from cvtrain.audit.scores import RegionStatistics, region_statistics
@@ -15,6 +15,7 @@ from cvtrain.data.dataset import to_tensor
 from cvtrain.data.files import inside_root, read_image
 from cvtrain.data.index import DatasetIndex
 from cvtrain.data.transforms import build_eval_transform
+from cvtrain.data.workers import WorkerLoader
 
 
 class _Images(Dataset):
@@ -58,7 +59,7 @@ def predict_index(task, config, index: DatasetIndex, *, device: torch.device, mi
     """
     semantic = config.task == "semantic_segmentation"
     task = task.to(device).eval()
-    loader = DataLoader(_Images(index, config), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+    loader = WorkerLoader(_Images(index, config), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     results: list = []
     by_id = index.image_by_id
     with tqdm(total=len(index.images), desc=description, unit="img", disable=not progress, leave=False) as bar:

@@ -23,7 +23,7 @@ from PIL import Image
 
 from cvtrain.atomic import write_text
 from cvtrain.data.files import HIGH_BIT_MODES, open_image
-from cvtrain.data.workers import ignore_stop_signals, signals_held
+from cvtrain.data.workers import ignore_stop_signals, signals_held, worker_context
 from cvtrain.errors import DataError
 
 CACHE_VERSION = 1
@@ -159,7 +159,8 @@ def inspect_files(tasks: list[tuple[str, str]], *, decode: bool, cache: DecodeCa
     else:
         chunk = max(1, min(64, len(jobs) // (workers * 8)))
         # The pool's processes ignore Ctrl-C and SIGTERM (they reach the whole process group): the main process stops.
-        with ProcessPoolExecutor(max_workers=workers, initializer=ignore_stop_signals) as pool:
+        context = worker_context()
+        with ProcessPoolExecutor(max_workers=workers, initializer=ignore_stop_signals, mp_context=context) as pool:
             with signals_held():  # processes start inside map(); none gets a signal before it ignores it
                 mapped = pool.map(inspect_file, jobs, chunksize=chunk)
             with tqdm(mapped, **bar) as shown:

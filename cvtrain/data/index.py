@@ -50,6 +50,11 @@ class DatasetIndex:
 
     # ----------------------------------------------------------------- lookups
     @cached_property
+    def image_by_id(self) -> dict[int, ImageRecord]:
+        """Image records by image id."""
+        return {image.id: image for image in self.images}
+
+    @cached_property
     def annotations_by_image(self) -> dict[int, list[Annotation]]:
         """Annotations grouped by image id (every image present, possibly empty)."""
         grouped: dict[int, list[Annotation]] = {image.id: [] for image in self.images}
@@ -82,6 +87,10 @@ class DatasetIndex:
     def image_path(self, image: ImageRecord) -> Path:
         """The image file of ``image`` below the root (not checked: see ``data.files.inside_root``)."""
         return self.root / image.file_name
+
+    def mask_path(self, image: ImageRecord) -> Path | None:
+        """Where ``image``'s mask is (semantic segmentation), or None when it has none."""
+        return self.root / image.mask_file if image.mask_file else None
 
     @property
     def split_names(self) -> list[str]:

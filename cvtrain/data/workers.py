@@ -6,13 +6,24 @@ with a page of traceback, in the middle of the graceful stop the main process wa
 the stop signals (``ignore_stop_signals``), and the main process holds those signals back while it starts them
 (``signals_held``): a signal that arrives while a worker is being forked is delivered to the main process once the
 workers exist, never to a worker that has not yet set its handlers.
+
+Workers are started by a fork server (``worker_context``), not forked from the training process: the training
+process has threads (the stop watcher, progress bars, queue feeders, TensorBoard), and a fork taken while one of
+them is ending can deadlock the child inside ``os.fork`` on Python before 3.12 (CPython gh-112275: the worker
+never starts and training waits for it forever). The server is a single-threaded process that imported the data
+modules once (``cvtrain.data.worker_server``) and ignores the stop signals itself, so workers start fast and safely.
+Workers left running at exit (a run that failed while its loader was starting) are killed then: they ignore the
+SIGTERM with which ``multiprocessing`` would end them, and it would wait for them forever.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
+import multiprocessing
 import os
 import signal
 from collections.abc import Iterator
+from multiprocessing.context import BaseContext
 
 from torch.utils.data import DataLoader
 
@@ -43,6 +54,46 @@ def ignore_stop_signals(*_: object) -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
+SERVER_VARIABLE = "CVTRAIN_WORKER_SERVER"  # set while the fork server starts: its preload then ignores stop signals
+_SERVER_PRELOAD = ["cvtrain.data.worker_server"]
+_exit_hook = False
+
+
+def worker_context() -> BaseContext | None:
+    """The ``multiprocessing`` context for worker processes: the fork server, started now if it is not running
+    (None where the platform has none, e.g. Windows: its default, spawn, is safe too)."""
+    global _exit_hook
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    from multiprocessing import forkserver
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_SERVER_PRELOAD)
+    previous = os.environ.get(SERVER_VARIABLE)
+    os.environ[SERVER_VARIABLE] = "1"
+    try:
+        with signals_held():  # the server inherits the mask: no stop signal ends it before it ignores them
+            forkserver.ensure_running()
+    finally:
+        if previous is None:
+            os.environ.pop(SERVER_VARIABLE, None)
+        else:
+            os.environ[SERVER_VARIABLE] = previous
+    if not _exit_hook:
+        atexit.register(kill_leftover_workers)  # runs before multiprocessing's own exit hook (registered earlier)
+        _exit_hook = True
+    return context
+
+
+def kill_leftover_workers() -> None:
+    """Kill the daemonic child processes still running (workers ignore the SIGTERM ``multiprocessing`` sends)."""
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            with contextlib.suppress(Exception):
+                child.kill()
+                child.join(timeout=5)
+
+
 class WorkerInit:
     """A DataLoader ``worker_init_fn``: ignore the stop signals, then seed as Lightning's own would.
 
@@ -65,10 +116,17 @@ class WorkerInit:
 
 
 class WorkerLoader(DataLoader):
-    """A ``DataLoader`` whose worker processes start with the stop signals held back (see ``signals_held``).
+    """A ``DataLoader`` whose worker processes come from the fork server (``worker_context``) and start with the
+    stop signals held back (see ``signals_held``).
 
     Give it ``worker_init_fn=WorkerInit(rank)`` so that the workers then ignore them.
     """
+
+    def __init__(self, *args, **kwargs):
+        if kwargs.get("num_workers", 0) > 0 and kwargs.get("multiprocessing_context") is None:
+            kwargs["multiprocessing_context"] = worker_context()
+        kwargs.setdefault("worker_init_fn", WorkerInit() if kwargs.get("num_workers", 0) > 0 else None)
+        super().__init__(*args, **kwargs)
 
     def _get_iterator(self):
         if self.num_workers == 0:

@@ -129,12 +129,25 @@ def claim(path: Path, *, empty_is_free: bool = False) -> bool:
 
     With ``empty_is_free`` an existing empty folder counts as claimed too (a folder the user made for the run).
     """
+    missing = [folder for folder in path.parents if not folder.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         path.mkdir()
     except FileExistsError:
         return empty_is_free and path.is_dir() and not any(path.iterdir())
+    _CREATED_PARENTS[path] = missing
     return True
+
+
+# For each folder ``claim`` created: the parent folders it had to create too (``runs/`` on a first run), which go
+# when the folder is released unused, so that a failed first command leaves nothing behind.
+_CREATED_PARENTS: dict[Path, list[Path]] = {}
+
+
+def _release_parents(path: Path) -> None:
+    for folder in _CREATED_PARENTS.pop(path, []):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only while empty: another run may have started in it meanwhile
 
 
 def holds_run(path: Path) -> bool:
@@ -216,6 +229,7 @@ def output_dir(requested: Path | None, name: str, *, overwrite: bool = False) ->
     except BaseException:
         if created:
             shutil.rmtree(path, ignore_errors=True)
+            _release_parents(path)
         else:
             for child in path.iterdir():
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
@@ -230,6 +244,7 @@ def release_if_empty(path: Path) -> None:
     """Remove ``path`` if it is an empty folder (a claimed folder a failed command wrote nothing into)."""
     with contextlib.suppress(OSError):
         path.rmdir()  # fails when anything is inside, which is what we want
+        _release_parents(path)
 
 
 def read_run_info(run_dir: Path) -> dict[str, Any]:

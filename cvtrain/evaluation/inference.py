@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from cvtrain.data.dataset import collate
 from cvtrain.data.index import DatasetIndex, ImageRecord
 from cvtrain.data.module import build_dataset
+from cvtrain.data.workers import WorkerLoader
 from cvtrain.evaluation.segmentation import confusion_matrix, sum_sparse, to_sparse
 from cvtrain.prediction import pick_device
 from cvtrain.tasks.common import gather_by_image
@@ -139,8 +140,8 @@ def predict(task, config, index: DatasetIndex, items: Sequence[Item], *, keep_ma
     """
     dataset = _AlteredImages(build_dataset(config, index, train=False), items)
     workers = config.train.num_workers
-    loader = DataLoader(dataset, batch_size=config.eval.batch_size or config.train.batch_size, shuffle=False,
-                        num_workers=workers, collate_fn=collate, persistent_workers=False)
+    loader = WorkerLoader(dataset, batch_size=config.eval.batch_size or config.train.batch_size, shuffle=False,
+                          num_workers=workers, collate_fn=collate, persistent_workers=False)
     device = pick_device(config.trainer.accelerator)
     task = task.to(device).eval()
     semantic = is_semantic(task)
