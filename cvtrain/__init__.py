@@ -12,20 +12,47 @@
 """
 __version__ = "0.1.0"
 
-from cvtrain.api import (  # noqa: E402
-    EvaluateResult,
-    FitResult,
-    PredictResult,
-    audit,
-    check,
-    evaluate,
-    fit,
-    predict,
-    test,
-)
-from cvtrain.config import Config, load_config, save_config  # noqa: E402
-from cvtrain.errors import CvtrainError, RunInterrupted  # noqa: E402
-from cvtrain.sweep.runner import sweep  # noqa: E402  (the verb on top of fit; its package stays cvtrain.sweep.*)
+# The names below are imported on first use (PEP 562), so that ``import cvtrain`` and the command line's argument
+# parsing and config validation load no torch: ``cvtrain --help`` and a config error answer at once.
+_LAZY = {
+    "EvaluateResult": "cvtrain.api",
+    "FitResult": "cvtrain.api",
+    "PredictResult": "cvtrain.api",
+    "audit": "cvtrain.api",
+    "check": "cvtrain.api",
+    "evaluate": "cvtrain.api",
+    "fit": "cvtrain.api",
+    "predict": "cvtrain.api",
+    "test": "cvtrain.api",
+    "Config": "cvtrain.config",
+    "load_config": "cvtrain.config",
+    "save_config": "cvtrain.config",
+    "CvtrainError": "cvtrain.errors",
+    "RunInterrupted": "cvtrain.errors",
+    "sweep": "cvtrain.sweep.runner",  # the verb on top of fit; its package stays cvtrain.sweep.*
+}
+
+
+def __getattr__(name: str):
+    """Import the public names of the package on first use (``cvtrain.fit`` imports torch then, not before)."""
+    if name == "sweep":  # the submodule cvtrain.sweep shares the name: the attribute is the function
+        from cvtrain.sweep.runner import sweep
+
+        globals()["sweep"] = sweep
+        return sweep
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cvtrain' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Config",

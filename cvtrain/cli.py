@@ -6,7 +6,9 @@ traceback; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from pathlib import Path
 
 from cvtrain.errors import CvtrainError, RunInterrupted
 from cvtrain.quiet import quiet_libraries
@@ -70,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         nargs="?",
         const="auto",
-        help="continue from the run directory's newest valid checkpoint (last, periodic or best), or a given one",
+        help="continue from the run directory's newest valid checkpoint (last, periodic or best), or --resume=PATH",
     )
+    fit.add_argument("--resume-from", metavar="PATH", help="continue from this checkpoint (the same as --resume=PATH)")
     fit.add_argument("--overwrite", action="store_true", help="reuse an existing --run-dir, replacing its run")
     fit.add_argument("--skip-checks", action="store_true", help="train without checking the dataset first")
 
@@ -215,20 +218,19 @@ def run(args: argparse.Namespace) -> int:
     """Run the parsed command through ``cvtrain.api`` and print its result; returns the exit code."""
     if args.command == "check":
         return _check(args)
+    runtime = ("amp", "gpus", "accelerator", "devices", "num_nodes")
+    if args.command == "fit":
+        arguments = _runtime_arguments(args, runtime + ("run_dir", "seed", "max_epochs", "max_steps", "fast_dev_run"))
+        from cvtrain.config import load_config
+
+        # The spec is validated before torch and Lightning are imported: a mistake in it answers at once.
+        load_config(args.config, args.overrides, data=args.data, **arguments)
     import cvtrain.api as api
     from cvtrain.engine.rundir import is_rank_zero
 
-    runtime = ("amp", "gpus", "accelerator", "devices", "num_nodes")
     if args.command == "fit":
-        result = api.fit(
-            args.config,
-            args.overrides,
-            data=args.data,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            skip_checks=args.skip_checks,
-            **_runtime_arguments(args, runtime + ("run_dir", "seed", "max_epochs", "max_steps", "fast_dev_run")),
-        )
+        result = api.fit(args.config, args.overrides, data=args.data, resume=args.resume, overwrite=args.overwrite,
+                         skip_checks=args.skip_checks, **arguments)
         if is_rank_zero():
             from cvtrain.evaluation.report import baseline_lines
 
@@ -350,9 +352,37 @@ def _user_line(error: CvtrainError) -> str:
     return text
 
 
+OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*=")  # a key=value override
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; ``key=value`` overrides may stand anywhere after the verb, also after a flag
+    (``--run-dir runs/x train.max_epochs=3``), and ``--resume`` never takes an override for a checkpoint path.
+
+    Raises:
+        SystemExit: argparse's usage error (exit 2), e.g. for a word that is neither a flag nor ``key=value``.
+    """
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    unknown = [word for word in extra if not OVERRIDE.match(word)]
+    if unknown or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)} (overrides are written key=value)")
+    if hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, *extra]
+    resume = getattr(args, "resume", None)
+    if isinstance(resume, str) and OVERRIDE.match(resume) and not Path(resume).exists():
+        args.overrides.append(resume)  # "--resume train.max_epochs=3": the override is not a checkpoint
+        args.resume = "auto"
+    if getattr(args, "resume_from", None):
+        if resume not in (None, args.resume_from):
+            parser.error("give --resume or --resume-from PATH, not both")
+        args.resume = args.resume_from
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``cvtrain`` command: parse ``argv``, run, print one line on a user error; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     quiet_libraries()
     try:
         return run(args)

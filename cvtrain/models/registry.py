@@ -8,16 +8,15 @@ then fills it with pretrained weights.
 """
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import torchvision
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from cvtrain.errors import ConfigError
-from cvtrain.models.freezing import freeze_backbone
-from cvtrain.models.weights import backbone_weights
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -26,15 +25,26 @@ class ModelEntry:
 
     name: str
     task: str  # detection | instance_segmentation | semantic_segmentation
-    builder: Callable[..., nn.Module]
+    source: Callable[..., nn.Module] | str  # the builder, or "module:function", imported when first used
     fixed_size: bool = False  # SSD-style models that resize to a square
+
+    @property
+    def builder(self) -> Callable[..., nn.Module]:
+        """The builder function (importing its module: names and tasks are known without torchvision)."""
+        if callable(self.source):
+            return self.source
+        module, _, name = self.source.partition(":")
+        return getattr(importlib.import_module(module), name)
 
 
 MODELS: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, task: str, builder: Callable[..., nn.Module], **options: Any) -> None:
+def register_model(name: str, task: str, builder: Callable[..., nn.Module] | str, **options: Any) -> None:
     """Add a model under ``name`` for ``task`` (``detection``, ``instance_segmentation``, ``semantic_segmentation``).
+
+    ``builder`` is a function taking ``weights=None, num_classes=...`` and returning the model, or its
+    ``"module:function"`` name, imported when the model is first built.
 
     Raises:
         ValueError: ``name`` is already registered.
@@ -44,19 +54,21 @@ def register_model(name: str, task: str, builder: Callable[..., nn.Module], **op
     MODELS[name] = ModelEntry(name, task, builder, **options)
 
 
-_detection = torchvision.models.detection
+# By name, so that validating a spec imports no torchvision (``cvtrain --help`` and config errors answer at once).
+_detection = "torchvision.models.detection:"
 for _name in ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
               "fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2",
               "fcos_resnet50_fpn"):
-    register_model(_name, "detection", getattr(_detection, _name))
-register_model("ssd300_vgg16", "detection", _detection.ssd300_vgg16, fixed_size=True)
-register_model("ssdlite320_mobilenet_v3_large", "detection", _detection.ssdlite320_mobilenet_v3_large, fixed_size=True)
+    register_model(_name, "detection", _detection + _name)
+register_model("ssd300_vgg16", "detection", _detection + "ssd300_vgg16", fixed_size=True)
+register_model("ssdlite320_mobilenet_v3_large", "detection", _detection + "ssdlite320_mobilenet_v3_large",
+               fixed_size=True)
 for _name in ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"):
-    register_model(_name, "instance_segmentation", getattr(_detection, _name))
-_segmentation = torchvision.models.segmentation
+    register_model(_name, "instance_segmentation", _detection + _name)
+_segmentation = "torchvision.models.segmentation:"
 for _name in ("deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large", "fcn_resnet50",
               "fcn_resnet101", "lraspp_mobilenet_v3_large"):
-    register_model(_name, "semantic_segmentation", getattr(_segmentation, _name))
+    register_model(_name, "semantic_segmentation", _segmentation + _name)
 
 
 def build_model(model_config: Any, num_classes: int, image_size: int) -> nn.Module:
@@ -75,6 +87,9 @@ def build_model(model_config: Any, num_classes: int, image_size: int) -> nn.Modu
     Raises:
         ConfigError: ``model.options`` that the torchvision builder rejects, or unknown backbone weights.
     """
+    from cvtrain.models.freezing import freeze_backbone
+    from cvtrain.models.weights import backbone_weights
+
     entry = MODELS[model_config.name]
     kwargs: dict[str, Any] = dict(model_config.options)
     kwargs["weights_backbone"] = backbone_weights(entry.name, entry.builder, model_config.backbone_weights)

@@ -1,0 +1,77 @@
+"""The command line answers before torch loads: ``--help``, argument mistakes and spec mistakes import no torch,
+torchvision or Lightning; ``key=value`` overrides stand anywhere after the verb; ``--resume`` takes no override."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cvtrain.cli import parse_arguments
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "configs" / "detection" / "quickstart.yaml"
+HEAVY = ("torch", "torchvision", "pytorch_lightning", "lightning_fabric", "albumentations", "pycocotools")
+
+
+def heavy_modules_after(code: str) -> list[str]:
+    """Run ``code`` in a fresh interpreter and return which heavy modules it imported."""
+    done = subprocess.run([sys.executable, "-c", probe(code)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return loaded(done.stderr)
+
+
+def probe(code: str) -> str:
+    """``code``, then a line on stderr naming the heavy modules it imported."""
+    return f"{code}\nimport sys\nprint('HEAVY:' + ','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)"
+
+
+def loaded(stderr: str) -> list[str]:
+    line = next(line for line in stderr.splitlines() if line.startswith("HEAVY:"))
+    return [name for name in line[len("HEAVY:"):].split(",") if name]
+
+
+def test_import_and_config_validation_load_no_torch():
+    assert heavy_modules_after("import cvtrain") == []
+    code = ("from cvtrain.config import load_config\n"
+            f"config = load_config({str(QUICKSTART)!r}, ['train.max_epochs=3', 'model.name=fcos_resnet50_fpn'])\n"
+            "assert config.model.name == 'fcos_resnet50_fpn'")
+    assert heavy_modules_after(code) == []
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["fit", "--help"], ["fit", "-c", str(QUICKSTART), "train.max_epoch=3"]])
+def test_help_and_spec_mistakes_answer_without_torch(argv):
+    code = ("import sys\nfrom cvtrain.cli import main\n"
+            f"try:\n    code = main({argv!r})\nexcept SystemExit as stop:\n    code = stop.code\n"
+            "print(code, file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", probe(code)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert loaded(done.stderr) == []
+    code_line = done.stderr.strip().splitlines()[-2]
+    if argv[-1] == "--help":
+        assert code_line == "0"
+    else:
+        assert code_line == "2"
+        assert "unknown key 'train.max_epoch' (did you mean 'train.max_epochs'?)" in done.stderr
+
+
+def test_overrides_stand_anywhere_after_the_verb():
+    args = parse_arguments(["fit", "-c", "s.yaml", "a.b=1", "--run-dir", "runs/x", "train.max_epochs=3", "--amp"])
+    assert args.overrides == ["a.b=1", "train.max_epochs=3"] and args.run_dir == "runs/x" and args.amp == "auto"
+
+
+def test_resume_never_takes_an_override_for_a_checkpoint():
+    assert parse_arguments(["fit", "-c", "s.yaml", "--resume", "train.max_epochs=3"]).resume == "auto"
+    args = parse_arguments(["fit", "-c", "s.yaml", "--resume", "train.max_epochs=3"])
+    assert args.overrides == ["train.max_epochs=3"]
+    assert parse_arguments(["fit", "-c", "s.yaml", "--resume"]).resume == "auto"
+    given = parse_arguments(["fit", "-c", "s.yaml", "--resume=runs/x/checkpoints/best.ckpt"])
+    assert given.resume == "runs/x/checkpoints/best.ckpt" and given.overrides == []
+    assert parse_arguments(["fit", "-c", "s.yaml", "--resume-from", "a.ckpt", "b=2"]).resume == "a.ckpt"
+
+
+def test_a_word_that_is_neither_flag_nor_override_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as stop:
+        parse_arguments(["fit", "-c", "s.yaml", "a=1", "--run-dir", "r", "bogus"])
+    assert stop.value.code == 2
+    assert "unrecognized arguments: bogus (overrides are written key=value)" in capsys.readouterr().err
