@@ -27,6 +27,7 @@ from cvtrain.config.schema import ChecksConfig
 from cvtrain.data.index import DatasetIndex
 from cvtrain.data.loading import build_index
 from cvtrain.data.module import DataModule
+from cvtrain.data.workers import worker_context
 from cvtrain.engine.callbacks import MetricsFile, fit_callbacks
 from cvtrain.engine.checkpoints import (
     CheckpointInfo,
@@ -131,6 +132,8 @@ def _fit_in(run_dir: Path, config: Config, signals: StopSignals, started: float,
             skip_checks: bool, callbacks: list[pl.Callback] | None, index: DatasetIndex | None) -> FitResult:
     resume_from = _resume_from(resume, run_dir)
     signals.describe(run_dir, signals.flags, resume_from)
+    if config.train.num_workers != 0:
+        worker_context()  # the workers' fork server imports torch meanwhile, ready (and deaf to Ctrl-C) when needed
     audit_file = read_audit(config.checks.audit) if config.checks.audit is not None else None
     index = build_index(config.data) if index is None else index
     if resume_from is not None:

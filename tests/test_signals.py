@@ -141,8 +141,10 @@ def loader_started(fit: Fit) -> bool:
     check of this small set decodes in the main process, so the server's children are the loader's workers)."""
     for child in children(fit.process.pid):
         try:
-            if b"multiprocessing.forkserver" in Path(f"/proc/{child}/cmdline").read_bytes() and children(child):
-                return True
+            server = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"multiprocessing.forkserver" in server and any(
+                    Path(f"/proc/{worker}/cmdline").read_bytes() == server for worker in children(child)):
+                return True  # a process forked by the server (not a program its imports run, like ldconfig)
         except OSError:
             continue
     return False

@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import signal
 
-import cvtrain.data.dataset  # noqa: F401  (what workers unpickle: datasets, transforms, collate functions)
-import cvtrain.data.module  # noqa: F401
-import cvtrain.data.transforms  # noqa: F401
-import cvtrain.data.workers as workers
+# First, before the imports below (seconds: torch), during which a Ctrl-C to the process group would end the server.
+if os.environ.pop("CVTRAIN_WORKER_SERVER", None) == "1":  # data.workers.SERVER_VARIABLE
+    for _name in ("SIGHUP", "SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2"):  # data.workers.STOP_SIGNALS
+        if hasattr(signal, _name):
+            signal.signal(getattr(signal, _name), signal.SIG_IGN)
 
-if os.environ.pop(workers.SERVER_VARIABLE, None) == "1":
-    for number in workers.STOP_SIGNALS:
-        signal.signal(number, signal.SIG_IGN)
+import cvtrain.data.dataset  # noqa: E402,F401  (what workers unpickle: datasets, transforms, collate functions)
+import cvtrain.data.module  # noqa: E402,F401
+import cvtrain.data.transforms  # noqa: E402,F401
