@@ -53,7 +53,7 @@ from cvtrain.engine.rundir import (
 )
 from cvtrain.engine.stopping import StopAtSafePoint, StopSignals, wait_for_parent
 from cvtrain.engine.trainer import build_trainer, launched_externally
-from cvtrain.errors import ConfigError, CvtrainError
+from cvtrain.errors import CheckpointError, ConfigError, CvtrainError
 from cvtrain.results import EvaluateResult, FitResult, PredictResult
 from cvtrain.tasks import TASKS
 
@@ -112,6 +112,7 @@ def _fit(config: Config, signals: StopSignals, started: float, *, resume: str | 
         requested, resume, overwrite = requeued, "auto" if continuing else None, not continuing
         if is_rank_zero():
             print(f"SLURM job {slurm_job_id()} was requeued: continuing the run in {requeued}")
+    _preflight(config)  # cheap checks of the machine and the spec's files, before any folder or dataset work
     run_dir = choose_run_dir(requested, name, resume=resume is not None, overwrite=overwrite)
     signals.describe(run_dir, ("--skip-checks",) if skip_checks else ())
     try:
@@ -126,6 +127,28 @@ def _fit(config: Config, signals: StopSignals, started: float, *, resume: str | 
         if stopped.quiet and not launched_externally():
             wait_for_parent(signals.parent)  # Lightning's launcher must print its line first (see wait_for_parent)
         raise stopped from None
+
+
+def _preflight(config: Config) -> None:
+    """What can fail in a second, checked before the dataset is read and before a run directory exists: the
+    devices asked for (``--gpus``, ``--accelerator``) are there, and the pretrained weights are a file that
+    exists or a torchvision download that is cached or can be made now.
+
+    Raises:
+        ConfigError: too many GPUs, no GPU for ``--accelerator gpu``, an unknown weights name, a failed download.
+        CheckpointError: a ``model.weights`` file that does not exist.
+    """
+    from cvtrain.engine.trainer import device_arguments
+    from cvtrain.models import MODELS
+    from cvtrain.models.weights import pretrained_file
+
+    device_arguments(config)
+    weights = config.model.weights
+    if weights:
+        path = pretrained_file(config.model.name, MODELS[config.model.name].builder, weights)
+        if not path.is_file():
+            raise CheckpointError("weights file not found", where=str(path),
+                                  hint="check model.weights, or set model.weights=null to train from scratch")
 
 
 def _fit_in(run_dir: Path, config: Config, signals: StopSignals, started: float, *, resume: str | None,

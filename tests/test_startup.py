@@ -75,3 +75,20 @@ def test_a_word_that_is_neither_flag_nor_override_is_a_usage_error(capsys):
         parse_arguments(["fit", "-c", "s.yaml", "a=1", "--run-dir", "r", "bogus"])
     assert stop.value.code == 2
     assert "unrecognized arguments: bogus (overrides are written key=value)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["--accelerator", "gpu"], "--accelerator gpu: this machine has no CUDA GPU that torch can use"),
+    (["--gpus", "2"], "--gpus 2 asked for 2 GPU(s) but this machine has 0"),
+    (["model.weights=missing/weights.pth"], "missing/weights.pth: weights file not found"),
+])
+def test_cheap_mistakes_answer_before_the_dataset_is_read_and_write_nothing(flags, expected, tmp_path):
+    pytest.importorskip("torch").cuda.is_available() and pytest.skip("this machine has a GPU")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(QUICKSTART.read_text().replace("../../data/shapes", str(tmp_path / "shapes")))
+    done = subprocess.run([sys.executable, "-m", "cvtrain", "fit", "-c", str(spec), *flags], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], done.stderr[-2000:]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["spec.yaml"]  # no run directory, no generated data

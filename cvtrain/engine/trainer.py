@@ -93,6 +93,12 @@ def device_arguments(config: Config) -> dict[str, Any]:
             raise ConfigError(f"--gpus {spec.gpus} asked for {spec.gpus} GPU(s) but this machine has {available}",
                               hint="lower --gpus, or use --accelerator cpu --devices N for DDP on the CPU")
         accelerator, devices = ("gpu", spec.gpus) if spec.gpus > 0 else ("cpu", 1)
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--accelerator {accelerator}: this machine has no CUDA GPU that torch can use",
+                          hint="use --accelerator cpu (or auto); check nvidia-smi and that torch is a CUDA build")
+    if accelerator == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError("--accelerator mps: this machine has no Apple GPU that torch can use",
+                          hint="use --accelerator cpu (or auto)")
     num_nodes = spec.num_nodes
     if launched_externally():
         # torchrun/SLURM started the processes: one device per process, as many as it launched, on as many nodes.
