@@ -54,6 +54,17 @@ def test_coco_reader_keeps_ids_and_negatives(tmp_path):
     ('{"images": [{"id": "1", "file_name": "a.png"}], "categories": []}', "images[0] needs an integer 'id'"),
     ('{"images": [], "categories": [], "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2]}]}',
      "annotation id 1: 'bbox' is [1, 2]"),
+    # accepted silently before: crowd flags outside 0/1, no 'annotations', no images, a category id used twice
+    ('{"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 1, "name": "x"}], "annotations": '
+     '[{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "iscrowd": 2}]}',
+     "annotation id 1: 'iscrowd' is 2, expected 0 or 1"),
+    ('{"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 1, "name": "x"}]}',
+     "missing key 'annotations'"),
+    ('{"images": [], "categories": [{"id": 1, "name": "x"}], "annotations": []}', "the file lists no images"),
+    ('{"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 1, "name": "x"}, {"id": 1, "name": "y"}],'
+     ' "annotations": []}', "category id 1 is declared twice ('x' and 'y')"),
+    ('{"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 1, "name": "x"}], "annotations": '
+     '[{"id": 1, "image_id": 1, "category_id": 1, "bbox": null}]}', "annotation id 1: 'bbox' is None"),
 ])
 def test_coco_reader_errors_name_the_problem(tmp_path, text, fragment):
     path = tmp_path / "bad.json"

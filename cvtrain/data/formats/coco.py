@@ -115,7 +115,7 @@ class _Annotation(msgspec.Struct, gc=False):
 class _File(msgspec.Struct, gc=False):
     images: list[_Image]
     categories: list[_Category]
-    annotations: list[_Annotation] = []
+    annotations: list[_Annotation]  # required: a file without it is refused by the record-by-record reader
 
 
 _DECODER = msgspec.json.Decoder(_File)
@@ -160,6 +160,14 @@ def read_coco(annotation_file: Path, *, root: Path, images: str | None = "", **_
             del decoded
             raw, extra = msgspec.json.decode(kept)
             table.raw, table.extra = dict(raw), dict(extra)
+    _require(bool(records), annotation_file, "the file lists no images",
+             hint="check that it is the dataset's annotation file; COCO lists every image under 'images'")
+    seen: dict[int, str] = {}
+    for category in categories:
+        _require(category.id not in seen, annotation_file,
+                 f"category id {category.id} is declared twice ({seen.get(category.id)!r} and {category.name!r})",
+                 hint="give every category its own id")
+        seen[category.id] = category.name
     return DatasetIndex(root=root, categories=categories, images=records, annotations=table, task="detection",
                         sources=[str(annotation_file)], format="coco")
 
@@ -182,11 +190,13 @@ def _from_json(path: Path, image_dir: str, source: Location):
     for key in ("images", "categories"):
         _require(key in data, path, f"missing key '{key}'")
         _require(isinstance(data[key], list), path, f"'{key}' is a {type(data[key]).__name__}, expected a list")
-    raw_annotations = data.get("annotations", [])
-    _require(isinstance(raw_annotations, list), path,
-             f"'annotations' is a {type(raw_annotations).__name__}, expected a list")
     categories = _categories(data["categories"], path)
     records = _images_slowly(data["images"], path, image_dir, source)
+    _require("annotations" in data, path, "missing key 'annotations'",
+             hint='a COCO file for training lists its annotations; write "annotations": [] if the images have none')
+    raw_annotations = data["annotations"]
+    _require(isinstance(raw_annotations, list), path,
+             f"'annotations' is a {type(raw_annotations).__name__}, expected a list")
     table = table_from_annotations(_annotations_slowly(raw_annotations, path, source))
     return categories, records, table
 
@@ -281,6 +291,8 @@ def _table(annotations: list[_Annotation], source: Location) -> AnnotationTable:
     area = np.array([math.nan if v is None else v for v in areas] if None in areas else areas, np.float64).reshape(n)
     del areas
     crowd = list(map(attrgetter("iscrowd"), annotations))
+    if not set(crowd) <= {0, 1, None}:  # True and False are 1 and 0 here; anything else is named record by record
+        raise _Slow
     iscrowd = np.array([bool(v) for v in crowd], bool) if None in crowd else np.array(crowd).astype(bool).reshape(n)
     del crowd
     segmentations = list(map(attrgetter("segmentation"), annotations))
@@ -318,6 +330,9 @@ def _annotations_slowly(raw_annotations: list, path: Path, source: Location) -> 
                  path, f"{label}: 'bbox' is {bbox!r}, expected [x, y, width, height]")
         area = raw.get("area")
         _require(area is None or _number(area), path, f"{label}: 'area' is {area!r}, expected a number")
+        crowd = raw.get("iscrowd", 0)
+        _require(crowd in (0, 1, None) and not isinstance(crowd, float | str), path,
+                 f"{label}: 'iscrowd' is {crowd!r}, expected 0 or 1")
         attributes = raw.get("attributes")
         annotations.append(Annotation(
             id=raw["id"],
