@@ -306,8 +306,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"{result.num_images} images: index masks in {result.out_dir / 'masks'}, colour masks in "
                   f"{result.out_dir / 'colour'}, overlays in {result.out_dir / 'images'}; {result.predictions_file}")
         else:
-            print(f"{result.num_detections} detections on {result.num_images} images: {result.predictions_file}, "
-                  f"drawn images in {result.out_dir / 'images'}")
+            print(f"{result.num_detections} detections on {result.num_images} images: {result.predictions_file}")
+            if result.num_drawn:
+                print(f"{result.num_drawn} at score >= {result.score_threshold:g} drawn in {result.out_dir / 'images'}")
+            else:
+                print(f"none at score >= {result.score_threshold:g}: the images in {result.out_dir / 'images'} show "
+                      "no box (lower --score-threshold to see weaker ones)")
+        if result.skipped:
+            print(f"skipped {len(result.skipped)} unreadable image(s), listed with their errors in "
+                  f"{result.out_dir / 'skipped.json'}", file=sys.stderr)
         print(f"{result.runtime}: {result.images_per_second:.1f} images/s")
         return 0
     if args.command == "convert":

@@ -45,20 +45,34 @@ def run_prediction(
 ):
     """Write ``predictions.json`` (COCO results plus ``file_name``) and ``images/<name>.jpg`` into ``out_dir``.
 
-    A task with ``write_prediction`` (semantic segmentation) writes its own files and records instead.
+    A task with ``write_prediction`` (semantic segmentation) writes its own files and records instead. An image
+    that cannot be read (truncated, not an image, gone) is skipped and listed in ``skipped.json`` with its error;
+    the others are predicted.
+
+    Raises:
+        DataError: no image of ``source`` could be read.
     """
     files = list_images(source)
     target_device = pick_device(device)
     task = task.to(target_device).eval()
     transform = build_eval_transform(config.augment, config.train.image_size, with_boxes=False)
-    results = []
+    results, skipped, drawn, predicted = [], [], 0, 0
+    threshold = config.eval.score_threshold
     for start in tqdm(range(0, len(files), batch_size), desc="predict", unit="batch"):
-        chunk = files[start:start + batch_size]
-        originals = [read_image(path) for path in chunk]
+        chunk, originals, ids = [], [], []
+        for position, path in enumerate(files[start:start + batch_size], start=start + 1):
+            try:
+                originals.append(read_image(path))
+                chunk.append(path)
+                ids.append(position)
+            except DataError as error:
+                skipped.append({"file": str(path), "error": error.one_line()})
+        if not chunk:
+            continue
         inputs = [to_tensor(transform(image=image)["image"]).to(target_device) for image in originals]
         outputs = task(inputs)
-        for offset, (path, original, tensor, output) in enumerate(zip(chunk, originals, inputs, outputs)):
-            image_id = start + offset + 1
+        for image_id, path, original, tensor, output in zip(ids, chunk, originals, inputs, outputs):
+            predicted += 1
             meta = {"image_id": image_id, "orig_size": original.shape[:2], "size": tuple(tensor.shape[1:])}
             output = {k: v.cpu() for k, v in output.items()}
             if hasattr(task, "write_prediction"):  # tasks that write their own files (semantic masks)
@@ -67,14 +81,23 @@ def run_prediction(
             for record in task.to_results(output, meta):
                 results.append({**record, "file_name": str(path.name),
                                 "category_name": task.class_names[task.category_ids.index(record["category_id"])]})
+            drawn += int((output["scores"] >= threshold).sum())
             picture = task.draw_prediction(to_tensor(original), output, meta)
             write_bytes(out_dir / "images" / f"{path.stem}.jpg", encode_jpeg(picture, quality=90).numpy().tobytes())
+    if not predicted:
+        raise DataError(f"none of the {len(files)} image(s) could be read", where=str(source),
+                        hint=f"first: {skipped[0]['file']}: {skipped[0]['error']}")
+    if skipped:
+        write_json(out_dir / "skipped.json", skipped)
     predictions = out_dir / "predictions.json"
     write_json(predictions, results)
     return PredictResult(
         out_dir=out_dir,
         predictions_file=predictions,
-        num_images=len(files),
+        num_images=predicted,
         num_detections=len(results),
         task=task.config.task,
+        num_drawn=drawn,
+        score_threshold=threshold,
+        skipped=[item["file"] for item in skipped],
     )

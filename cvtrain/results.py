@@ -123,6 +123,9 @@ class PredictResult:
         num_images: images predicted.
         num_detections: records written (detections; for semantic segmentation, one per image).
         task: the checkpoint's task.
+        num_drawn: detections at or above ``score_threshold``, the ones drawn on the images.
+        score_threshold: ``eval.score_threshold`` (or ``--score-threshold``).
+        skipped: images that could not be read (listed with their errors in ``skipped.json``).
         runtime: ``PyTorch``, or ``onnxruntime`` for an exported model.
         images_per_second: end to end: reading, the model, writing.
     """
@@ -134,6 +137,9 @@ class PredictResult:
     task: str = "detection"
     runtime: str = "PyTorch"
     images_per_second: float = 0.0
+    num_drawn: int = 0
+    score_threshold: float = 0.0
+    skipped: list = field(default_factory=list)
 
     def _repr_html_(self) -> str:
         return _html("cvtrain predict", {"out_dir": self.out_dir, "images": self.num_images,

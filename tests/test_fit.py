@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -126,6 +127,28 @@ def test_predict_score_threshold_decides_what_is_drawn(fitted):
     # nothing scores 1.0, so that drawing has no red box outlines; at 0.0 every detection is drawn
     red = {t: int(((d[0] > 200) & (d[1] < 60) & (d[2] < 60)).sum()) for t, d in drawn.items()}
     assert red[0.0] > red[1.0] + 100, red
+
+
+def test_predict_skips_an_unreadable_image_and_says_when_nothing_passed_the_threshold(fitted, tmp_path):
+    tmp, result = fitted
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    images = sorted((tmp / "shapes" / "images").iterdir())[:3]
+    for image in images:
+        shutil.copy(image, folder / image.name)
+    broken = folder / images[1].name
+    broken.write_bytes(broken.read_bytes()[:40])  # truncated
+    done = subprocess.run([sys.executable, "-m", "cvtrain", "predict", "--checkpoint", str(result.best_checkpoint),
+                           "--source", str(folder), "--out", str(tmp_path / "out"), "--accelerator", "cpu",
+                           "--score-threshold", "1.0"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert "on 2 images" in done.stdout and "none at score >= 1: the images in" in done.stdout, done.stdout
+    assert "skipped 1 unreadable image(s)" in done.stderr
+    skipped = json.loads((tmp_path / "out" / "skipped.json").read_text())
+    assert [item["file"] for item in skipped] == [str(broken)] and "truncated" in skipped[0]["error"]
+    assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == sorted(
+        f"{image.stem}.jpg" for image in (images[0], images[2]))
 
 
 def test_evaluate_runs_on_one_device_whatever_the_checkpoint_trained_on(fitted, tmp_path):
