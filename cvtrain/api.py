@@ -54,8 +54,11 @@ from cvtrain.engine.rundir import (
 from cvtrain.engine.stopping import StopAtSafePoint, StopSignals, wait_for_parent
 from cvtrain.engine.trainer import build_trainer, launched_externally
 from cvtrain.errors import CheckpointError, ConfigError, CvtrainError
+from cvtrain.quiet import quiet_libraries
 from cvtrain.results import EvaluateResult, FitResult, PredictResult
 from cvtrain.tasks import TASKS
+
+quiet_libraries(configure_logging=False)  # a notebook sees what the CLI shows, not Lightning's banners
 
 log = logging.getLogger("cvtrain")
 Spec = str | os.PathLike | Mapping[str, Any] | Config

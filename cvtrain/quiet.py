@@ -6,9 +6,15 @@ import os
 import warnings
 
 
-def quiet_libraries() -> None:
-    """Log cvtrain's messages as plain lines and silence Lightning's INFO banners and known harmless warnings."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+def quiet_libraries(configure_logging: bool = True) -> None:
+    """Silence Lightning's INFO banners and tips ("GPU available", the logger advert) and known harmless warnings.
+
+    Args:
+        configure_logging: also log cvtrain's messages as plain lines (the command line); the Python API, which
+            must not reconfigure a notebook's logging, passes False.
+    """
+    if configure_logging:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")

@@ -180,6 +180,19 @@ def test_cli_fast_dev_run(tmp_path):
     assert "best validation" in done.stdout
 
 
+def test_the_api_in_a_notebook_shows_no_lightning_banners(tmp_path):
+    """A notebook calls the API, not the CLI: it must not get Lightning's banners, tips and adverts either."""
+    spec = tiny_spec(tmp_path)
+    code = (f"import cvtrain\nresult = cvtrain.fit({str(spec)!r}, run_dir={str(tmp_path / 'nb')!r}, fast_dev_run=True)\n"
+            "print('metrics', sorted(result.metrics)[:1])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    both = done.stdout + done.stderr
+    for banner in ("GPU available", "TPU available", "Tip:", "litlogger", "LeafSpec"):
+        assert banner not in both, banner
+    assert "run directory:" in done.stdout  # cvtrain's own lines stay
+
+
 def test_cli_user_error_is_one_line_without_traceback(tmp_path):
     spec = tiny_spec(tmp_path)
     done = cli("fit", "-c", str(spec), "train.max_epoch=2", cwd=tmp_path)
