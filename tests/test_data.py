@@ -171,3 +171,43 @@ def test_path_escaping_the_root_is_refused(tmp_path):
     index.images[0].file_name = "../../../etc/passwd"
     with pytest.raises(DataError, match="escapes the dataset root"):
         DetectionDataset(index)[0]
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("annotations", "../outside.json"), ("annotations", "/etc/hostname"), ("list", "../../etc/hostname"),
+    ("images", "../elsewhere"),
+])
+def test_paths_in_a_dataset_description_stay_inside_the_root_and_nothing_outside_is_echoed(tmp_path, key, value):
+    from cvtrain.data.loading import build_index
+
+    root = tmp_path / "set"
+    (root / "images").mkdir(parents=True)
+    (tmp_path / "outside.json").write_text("SECRET-CONTENT")
+    (tmp_path / "elsewhere").mkdir()
+    (root / "ann.json").write_text('{"images": [{"id": 1, "file_name": "a.png", "width": 4, "height": 4}], '
+                                   '"categories": [{"id": 1, "name": "x"}], "annotations": []}')
+    description = {"format": "coco", "root": str(root), "annotations": "ann.json", "images": "images"}
+    if key == "list":
+        description["splits"] = {"train": {"list": value}}
+    else:
+        description[key] = value
+    with pytest.raises(DataError) as error:
+        build_index(DataConfig(**description))
+    text = str(error.value)
+    assert "is outside the dataset root" in text and value in text
+    assert "SECRET" not in text and "localhost" not in text
+
+
+def test_the_root_may_be_a_symlink(tmp_path):
+    from cvtrain.data.loading import build_index
+
+    root = tmp_path / "set"
+    (root / "images").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(root / "images" / "a.png")
+    (root / "ann.json").write_text('{"images": [{"id": 1, "file_name": "a.png", "width": 4, "height": 4}], '
+                                   '"categories": [{"id": 1, "name": "x"}], "annotations": []}')
+    (tmp_path / "link").symlink_to(root)  # e.g. data/coco -> /mnt/datasets/coco
+    index = build_index(DataConfig(format="coco", root=tmp_path / "link", annotations="ann.json", images="images"))
+    assert [image.file_name for image in index.images] == ["images/a.png"]
+    image, target = DetectionDataset(index)[0]  # the image is read through the link
+    assert tuple(image.shape[-2:]) == (4, 4) and len(target["boxes"]) == 0

@@ -7,6 +7,7 @@ table is checked against the labelTrainIds PNGs that datumaro wrote beside its i
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -289,10 +290,11 @@ def cartucho_coco(shared_datasets: Path, folder: Path) -> Path:
                                     "category_id": names.index(name) + 1,
                                     "bbox": [x, y, float(right) - x, float(bottom) - y], "iscrowd": 0})
     folder.mkdir()
+    shutil.copytree(source / "images-optional", folder / "images")  # annotations live inside the dataset's root
     (folder / "gt.json").write_text(json.dumps({"images": images, "annotations": annotations,
                                                 "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}))
-    return write_data(folder / "in.yaml", {"format": "coco", "root": source / "images-optional",
-                                           "annotations": str(folder / "gt.json"), "images": "."})
+    return write_data(folder / "in.yaml", {"format": "coco", "root": folder, "annotations": "gt.json",
+                                           "images": "images"})
 
 
 @pytest.mark.parametrize("target, tolerance", [("yolo", 0.5), ("kitti", 1e-9), ("voc", 1e-9)])

@@ -74,6 +74,40 @@ def inside_root(root: str | os.PathLike, name: str, what: str = "image") -> Path
     return path
 
 
+def named_in_spec(root: str | os.PathLike, name: str | os.PathLike, what: str) -> Path:
+    """``root / name`` for a path the dataset description names (annotation file, split list, image or mask
+    folder), refused when it leads out of ``root``.
+
+    The check is on the path as written (``..``, an absolute path elsewhere): the root and the files and folders
+    the spec names may be symlinks (images on another disk is a common layout), followed as the system does.
+    What lies inside those files (image and mask names) goes through ``inside_root``, which also resolves links.
+
+    Args:
+        root: the dataset root (``data.root``).
+        name: the path the spec gives, relative to ``root`` (absolute only when inside ``root``).
+        what: the key, for the message (``data.splits.train.list``).
+
+    Returns:
+        The path joined to the root (not resolved; it may not exist).
+
+    Raises:
+        DataError: a NUL byte, or a path outside ``root``; the message names the key, never the file's content.
+
+    >>> named_in_spec("/data/set", "lists/train.txt", "data.splits.train.list").as_posix()
+    '/data/set/lists/train.txt'
+    """
+    text = str(name)
+    base = Path(os.path.abspath(root))
+    if "\x00" in text:
+        raise DataError(f"{what} {text!r} contains a NUL byte", where=str(base), hint="fix the path in the spec")
+    candidate = Path(os.path.normpath(text if os.path.isabs(text) else base / text))
+    if not (candidate.is_relative_to(base) or candidate.is_relative_to(base.resolve())):
+        raise DataError(f"{what} {text!r} is outside the dataset root", where=str(base),
+                        hint="paths in a dataset description are relative to data.root and stay inside it: move the "
+                             "file into the dataset, or set data.root to a folder that holds it")
+    return candidate
+
+
 # Refuse decompression bombs: 16k x 16k is larger than any real training photo.
 MAX_IMAGE_PIXELS = 16384 * 16384
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS

@@ -5,6 +5,7 @@ import csv
 import random
 from pathlib import Path, PurePosixPath
 
+from cvtrain.data.files import named_in_spec
 from cvtrain.data.formats import READERS
 from cvtrain.data.index import DatasetIndex, merge_indexes
 from cvtrain.errors import DataError
@@ -44,8 +45,11 @@ def build_index(data) -> DatasetIndex:
     ) -> DatasetIndex:
         """Read one part of the dataset with the format's reader and the spec's defaults."""
         source = annotations or data.annotations or defaults.get("annotations")
+        for key, folder in (("images", images or data.images), ("masks", masks or data.masks)):
+            if folder:
+                named_in_spec(root, folder, f"data.{key}")
         return reader(
-            root / source if source else None,
+            named_in_spec(root, source, "data.annotations") if source else None,
             root=root,
             images=images or data.images or defaults.get("images", ""),
             masks=masks or data.masks or defaults.get("masks"),
@@ -63,7 +67,7 @@ def build_index(data) -> DatasetIndex:
         for name, split in own_files.items():
             part = read(split.annotations, split.images, split.masks)
             if split.list:
-                part = part.subset(_listed(part, root / split.list))
+                part = part.subset(_listed(part, named_in_spec(root, split.list, f"data.splits.{name}.list")))
             for image in part.images:
                 image.split = name
             parts.append(part)
@@ -78,7 +82,7 @@ def build_index(data) -> DatasetIndex:
     listed = {name: split for name, split in data.splits.items() if split.list}
     if listed:
         for name, split in listed.items():
-            keep = _listed(index, root / split.list)
+            keep = _listed(index, named_in_spec(root, split.list, f"data.splits.{name}.list"))
             for image in index.images:
                 if image.id in keep:
                     if image.split not in (None, name):
