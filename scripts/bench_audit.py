@@ -244,9 +244,9 @@ def main() -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     import cvtrain
     from cvtrain.audit.planting import error_counts, plant_errors
-    from cvtrain.cli import _quiet_libraries
+    from cvtrain.quiet import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     out = Path(args.out)
     root = out / f"shapes-{args.images}"
     clean = json.loads(make_dataset(root, args.images).read_text())

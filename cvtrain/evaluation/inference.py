@@ -81,6 +81,20 @@ class Item:
     alter: Alteration | None = None
 
 
+class _AlteredTransform:
+    """The evaluation transform, after the current item's alteration; a class, not a closure, so that the dataset
+    can be sent to worker processes (they start from a fork server and receive it pickled)."""
+
+    def __init__(self, owner: _AlteredImages, transform: Callable | None):
+        self.owner, self.transform = owner, transform
+
+    def __call__(self, image: np.ndarray, **rest: Any) -> dict[str, Any]:
+        current = self.owner.current
+        if current is not None and current.alter is not None:
+            image = current.alter(image, current.record)
+        return self.transform(image=image, **rest) if self.transform is not None else {"image": image, **rest}
+
+
 class _AlteredImages(Dataset):
     """The evaluation dataset over ``items``; each original image goes through its alteration before the
     evaluation transform (the resize), so boxes and masks keep the original image's coordinates."""
@@ -90,14 +104,7 @@ class _AlteredImages(Dataset):
         self.items = list(items)
         self.position = {record.id: position for position, record in enumerate(base.images)}
         self.current: Item | None = None
-        transform = base.transform
-
-        def altered_transform(image: np.ndarray, **rest: Any) -> dict[str, Any]:
-            if self.current is not None and self.current.alter is not None:
-                image = self.current.alter(image, self.current.record)
-            return transform(image=image, **rest) if transform is not None else {"image": image, **rest}
-
-        base.transform = altered_transform
+        base.transform = _AlteredTransform(self, base.transform)
 
     def __len__(self) -> int:
         return len(self.items)
