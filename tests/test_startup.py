@@ -92,3 +92,16 @@ def test_cheap_mistakes_answer_before_the_dataset_is_read_and_write_nothing(flag
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], done.stderr[-2000:]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["spec.yaml"]  # no run directory, no generated data
+
+
+def test_verbs_that_share_a_name_with_a_package_stay_callable():
+    """``cvtrain.audit`` and ``cvtrain.sweep`` are functions of the API and packages of the code: importing the
+    package first (as a script or a sweep worker does) must not turn ``cvtrain.audit(...)`` into a TypeError."""
+    code = ("import cvtrain.audit.scores, cvtrain.sweep.text, cvtrain\n"
+            "assert callable(cvtrain.audit) and callable(cvtrain.sweep)\n"
+            "try:\n    cvtrain.audit('no-such-spec.yaml')\nexcept cvtrain.CvtrainError as error:\n"
+            "    assert 'no-such-spec.yaml' in str(error), error\n"
+            "try:\n    cvtrain.sweep('no-such-spec.yaml', trials=1)\nexcept cvtrain.CvtrainError as error:\n"
+            "    assert 'no-such-spec.yaml' in str(error), error")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

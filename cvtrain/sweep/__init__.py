@@ -10,23 +10,6 @@
 
 Importing this package does not import Optuna (an optional extra: ``pip install 'cvtrain[sweep]'``).
 """
-from __future__ import annotations
+from cvtrain.verbs import callable_package
 
-import sys
-import types
-
-
-class _SweepPackage(types.ModuleType):
-    """This package, callable as the function ``cvtrain.sweep`` (``cvtrain.sweep.runner.sweep``).
-
-    ``import cvtrain`` loads its verbs on first use; importing a submodule of this package makes the package
-    the attribute ``cvtrain.sweep``, so the package itself must answer a call as the function does.
-    """
-
-    def __call__(self, *args, **kwargs):
-        from cvtrain.sweep.runner import sweep
-
-        return sweep(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _SweepPackage
+callable_package(__name__, "cvtrain.sweep.runner:sweep")  # cvtrain.sweep(...) whichever was imported first
