@@ -21,4 +21,6 @@ def quiet_libraries(configure_logging: bool = True) -> None:
     warnings.filterwarnings("ignore", message=".*predict_dataloader.*")
     warnings.filterwarnings("ignore", category=UserWarning, module="albumentations")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # cvtrain logs every trainer.log_every_n_steps and at every validation; short epochs are not a mistake
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
