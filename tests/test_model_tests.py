@@ -213,8 +213,9 @@ def test_corrupted_inputs_lose_map_as_severity_rises(shapes, one_thread, tmp_pat
                                                     "min_relative": 0.9})
     assert verdicts(report) == {"corruption": False}
     assert report.outcomes[0].value == pytest.approx(noise[2] / result.clean)
-    # in a data-loader worker (the dataset reaches it pickled, through the fork server) the scores are the same
-    config.train.num_workers = 1
+    # in data-loader workers (the dataset reaches them pickled, through the fork server) the scores are the same;
+    # "auto" (the default) is resolved to a number of workers here too
+    config.train.num_workers = "auto"
     again = run_robustness(make_task(config, ShapeFinder()), config, index.split("val"),
                            corruptions=["gaussian_noise"], severities=[5], progress=False)
     assert again.table["gaussian_noise"][5] == noise[2]

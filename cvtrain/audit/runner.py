@@ -12,6 +12,7 @@ from cvtrain.audit.predict import predict_index
 from cvtrain.audit.report import build_payload, write_csv, write_html, write_json_report, write_suggestion
 from cvtrain.audit.scores import score_annotations, score_regions
 from cvtrain.data.index import DatasetIndex
+from cvtrain.data.module import worker_count
 
 PREDICTIONS_FILE = "predictions.json"
 
@@ -78,7 +79,7 @@ def run_audit(config, index: DatasetIndex, out_dir: Path, *, fit: Any = None, ch
     audit = config.audit
     semantic = config.task == "semantic_segmentation"
     device = pick_device(config.trainer.accelerator if config.trainer.accelerator != "auto" else None)
-    workers = config.train.num_workers
+    workers = worker_count(config)
     predictions: list = []
     models: list[dict[str, Any]] = []
     if checkpoint is not None:

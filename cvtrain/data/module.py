@@ -39,6 +39,12 @@ def auto_num_workers(processes: int) -> int:
     return max(0, min(MAX_AUTO_WORKERS, available_cores() // max(1, processes) - 1))
 
 
+def worker_count(config: Config, processes: int = 1) -> int:
+    """``train.num_workers`` as a number: ``auto`` resolved for ``processes`` processes on this machine."""
+    workers = config.train.num_workers
+    return auto_num_workers(processes) if workers == "auto" else int(workers)
+
+
 def build_dataset(config: Config, index: DatasetIndex, *, train: bool) -> Dataset:
     """The torch Dataset for ``config.task`` over ``index``, with the spec's transforms."""
     size = config.train.image_size
