@@ -348,10 +348,12 @@ def test_check_and_predict_outputs_follow_the_run_directory_rules(whole, tmp_pat
     (source / "zz-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")  # read in the second batch
     checkpoint = str(whole)
     assert main(["predict", "--checkpoint", checkpoint, "--source", "missing", "--out", "p"]) == 2
-    assert main(["predict", "--checkpoint", checkpoint, "--source", str(source), "--out", "p"]) == 2
-    assert "cannot decode image" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (source / "zz-broken.png").rename(broken / "zz-broken.png")
+    assert main(["predict", "--checkpoint", checkpoint, "--source", str(broken), "--out", "p"]) == 2
+    assert "none of the 1 image(s) could be read" in capsys.readouterr().err
     assert not (tmp_path / "p").exists() and not (tmp_path / "runs" / "predict").exists()  # nothing half-written
-    (source / "zz-broken.png").unlink()
     assert main(["predict", "--checkpoint", checkpoint, "--source", str(source)]) == 0
     assert main(["predict", "--checkpoint", checkpoint, "--source", str(source)]) == 0
     assert sorted(p.name for p in (tmp_path / "runs").glob("predict*")) == ["predict", "predict-2"]
