@@ -34,19 +34,17 @@ _LAZY = {
 
 
 def __getattr__(name: str):
-    """Import the public names of the package on first use (``cvtrain.fit`` imports torch then, not before)."""
-    if name == "sweep":  # the submodule cvtrain.sweep shares the name: the attribute is the function
-        from cvtrain.sweep.runner import sweep
+    """Import the public names of the package on first use (``cvtrain.fit`` imports torch then, not before).
 
-        globals()["sweep"] = sweep
-        return sweep
+    The value is kept as the attribute, also over a subpackage of the same name (``cvtrain.sweep``) that the import
+    has just set: the name is the function (and the package answers a call as it does, ``cvtrain/verbs.py``).
+    """
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'cvtrain' has no attribute {name!r}")
-    import importlib
+    import pkgutil
 
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
+    value = globals()[name] = pkgutil.resolve_name(f"{module}:{name}")
     return value
 
 

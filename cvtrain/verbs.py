@@ -6,7 +6,7 @@ the package answer a call exactly as the function does, whichever was imported f
 """
 from __future__ import annotations
 
-import importlib
+import pkgutil
 import sys
 import types
 
@@ -17,8 +17,7 @@ class _VerbPackage(types.ModuleType):
     _verb = ""  # "module:function"
 
     def __call__(self, *args, **kwargs):
-        module, _, name = self._verb.partition(":")
-        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+        return pkgutil.resolve_name(self._verb)(*args, **kwargs)
 
 
 def callable_package(package: str, verb: str) -> None:

@@ -8,7 +8,7 @@ then fills it with pretrained weights.
 """
 from __future__ import annotations
 
-import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -31,10 +31,7 @@ class ModelEntry:
     @property
     def builder(self) -> Callable[..., nn.Module]:
         """The builder function (importing its module: names and tasks are known without torchvision)."""
-        if callable(self.source):
-            return self.source
-        module, _, name = self.source.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return self.source if callable(self.source) else pkgutil.resolve_name(self.source)
 
 
 MODELS: dict[str, ModelEntry] = {}
