@@ -409,7 +409,7 @@ def run_plain(case: Case, precision: str, device: torch.device, data: dict, scra
 
 
 def auto_workers() -> int:
-    from cvtrain.data.module import auto_num_workers
+    from cvtrain.data.workers import auto_num_workers
 
     return auto_num_workers(1)
 

@@ -17,7 +17,8 @@ from cvtrain.data.dataset import DetectionDataset
 from cvtrain.data.files import read_image, read_image_reduced
 from cvtrain.data.index import Annotation, Category, DatasetIndex, ImageRecord
 from cvtrain.data.loading import build_index
-from cvtrain.data.module import MAX_AUTO_WORKERS, DataModule, auto_num_workers, available_cores
+from cvtrain.data.module import DataModule
+from cvtrain.data.workers import MAX_AUTO_WORKERS, auto_num_workers, available_cores
 from cvtrain.engine.acceleration import Acceleration, fixed_input_size, use_channels_last
 from cvtrain.engine.trainer import build_trainer
 from cvtrain.errors import ConfigError

@@ -12,7 +12,6 @@ from cvtrain.audit.predict import predict_index
 from cvtrain.audit.report import build_payload, write_csv, write_html, write_json_report, write_suggestion
 from cvtrain.audit.scores import score_annotations, score_regions
 from cvtrain.data.index import DatasetIndex
-from cvtrain.data.module import worker_count
 
 PREDICTIONS_FILE = "predictions.json"
 
@@ -79,7 +78,7 @@ def run_audit(config, index: DatasetIndex, out_dir: Path, *, fit: Any = None, ch
     audit = config.audit
     semantic = config.task == "semantic_segmentation"
     device = pick_device(config.trainer.accelerator if config.trainer.accelerator != "auto" else None)
-    workers = worker_count(config)
+    workers = config.train.num_workers  # WorkerLoader resolves auto
     predictions: list = []
     models: list[dict[str, Any]] = []
     if checkpoint is not None:

@@ -1,7 +1,6 @@
 """The LightningDataModule: splits of one index, datasets, loaders."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,34 +14,14 @@ from cvtrain.data.index import DatasetIndex
 from cvtrain.data.sampling import EpochSampler, SeededItems, quiet_resume_warning, replicas
 from cvtrain.data.segmentation import SegmentationDataset
 from cvtrain.data.transforms import build_eval_transform, build_train_transform
-from cvtrain.data.workers import WorkerInit, WorkerLoader
+from cvtrain.data.workers import (
+    MAX_AUTO_WORKERS,
+    WorkerInit,
+    WorkerLoader,
+    auto_num_workers,
+    available_cores,
+)
 from cvtrain.errors import DataError
-
-MAX_AUTO_WORKERS = 8  # beyond this the decode of a step's batch rarely gets faster, and memory grows per worker
-
-
-def available_cores() -> int:
-    """The CPU cores this process may run on (its affinity, as under SLURM or taskset; else all of them)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def auto_num_workers(processes: int) -> int:
-    """``train.num_workers: auto``: the cores each of ``processes`` training processes on this machine gets,
-    less one for the process itself (which runs the model), at most ``MAX_AUTO_WORKERS``.
-
-    >>> auto_num_workers(1) == min(MAX_AUTO_WORKERS, available_cores() - 1)
-    True
-    """
-    return max(0, min(MAX_AUTO_WORKERS, available_cores() // max(1, processes) - 1))
-
-
-def worker_count(config: Config, processes: int = 1) -> int:
-    """``train.num_workers`` as a number: ``auto`` resolved for ``processes`` processes on this machine."""
-    workers = config.train.num_workers
-    return auto_num_workers(processes) if workers == "auto" else int(workers)
 
 
 def build_dataset(config: Config, index: DatasetIndex, *, train: bool) -> Dataset:

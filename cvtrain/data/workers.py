@@ -27,9 +27,27 @@ from multiprocessing.context import BaseContext
 
 from torch.utils.data import DataLoader
 
-# Signals a job scheduler or a terminal sends to a whole process group or job; the main process decides about them.
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGHUP", "SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
-                     if hasattr(signal, name))
+from cvtrain.data.worker_server import SERVER_VARIABLE, STOP_SIGNALS
+
+MAX_AUTO_WORKERS = 8  # beyond this the decode of a step's batch rarely gets faster, and memory grows per worker
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity, as under SLURM or taskset; else all of them)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def auto_num_workers(processes: int) -> int:
+    """``train.num_workers: auto``: the cores each of ``processes`` training processes on this machine gets,
+    less one for the process itself (which runs the model), at most ``MAX_AUTO_WORKERS``.
+
+    >>> auto_num_workers(1) == min(MAX_AUTO_WORKERS, available_cores() - 1)
+    True
+    """
+    return max(0, min(MAX_AUTO_WORKERS, available_cores() // max(1, processes) - 1))
 
 
 @contextlib.contextmanager
@@ -54,8 +72,9 @@ def ignore_stop_signals(*_: object) -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
-SERVER_VARIABLE = "CVTRAIN_WORKER_SERVER"  # set while the fork server starts: its preload then ignores stop signals
-_SERVER_PRELOAD = ["cvtrain.data.worker_server"]
+# The server imports these once, in this order; the first makes it ignore the stop signals before the others load.
+_SERVER_PRELOAD = ["cvtrain.data.worker_server", "cvtrain.data.dataset", "cvtrain.data.module",
+                   "cvtrain.data.transforms"]
 _exit_hook = False
 
 
@@ -117,16 +136,19 @@ class WorkerInit:
 
 class WorkerLoader(DataLoader):
     """A ``DataLoader`` whose worker processes come from the fork server (``worker_context``) and start with the
-    stop signals held back (see ``signals_held``).
+    stop signals held back (see ``signals_held``); ``num_workers="auto"`` (``train.num_workers``' default) is
+    ``auto_num_workers(1)``.
 
-    Give it ``worker_init_fn=WorkerInit(rank)`` so that the workers then ignore them.
+    Its workers ignore the stop signals (``WorkerInit``; give ``worker_init_fn=WorkerInit(rank)`` under DDP).
     """
 
-    def __init__(self, *args, **kwargs):
-        if kwargs.get("num_workers", 0) > 0 and kwargs.get("multiprocessing_context") is None:
-            kwargs["multiprocessing_context"] = worker_context()
-        kwargs.setdefault("worker_init_fn", WorkerInit() if kwargs.get("num_workers", 0) > 0 else None)
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, num_workers: int | str = 0, **kwargs):
+        workers = auto_num_workers(1) if num_workers == "auto" else num_workers
+        if workers > 0:
+            kwargs.setdefault("worker_init_fn", WorkerInit())
+            if kwargs.get("multiprocessing_context") is None:
+                kwargs["multiprocessing_context"] = worker_context()
+        super().__init__(*args, num_workers=workers, **kwargs)
 
     def _get_iterator(self):
         if self.num_workers == 0:

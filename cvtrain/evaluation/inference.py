@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from cvtrain.data.dataset import collate
 from cvtrain.data.index import DatasetIndex, ImageRecord
-from cvtrain.data.module import build_dataset, worker_count
+from cvtrain.data.module import build_dataset
 from cvtrain.data.workers import WorkerLoader
 from cvtrain.evaluation.segmentation import confusion_matrix, sum_sparse, to_sparse
 from cvtrain.prediction import pick_device
@@ -146,7 +146,7 @@ def predict(task, config, index: DatasetIndex, items: Sequence[Item], *, keep_ma
         ``Predictions`` keyed by ``Item.key``.
     """
     dataset = _AlteredImages(build_dataset(config, index, train=False), items)
-    workers = worker_count(config)
+    workers = config.train.num_workers  # WorkerLoader resolves auto
     loader = WorkerLoader(dataset, batch_size=config.eval.batch_size or config.train.batch_size, shuffle=False,
                           num_workers=workers, collate_fn=collate, persistent_workers=False)
     device = pick_device(config.trainer.accelerator)
