@@ -53,7 +53,7 @@ from cvtrain.engine.rundir import (
 )
 from cvtrain.engine.stopping import StopAtSafePoint, StopSignals, wait_for_parent
 from cvtrain.engine.trainer import build_trainer, launched_externally
-from cvtrain.errors import CheckpointError, ConfigError, CvtrainError
+from cvtrain.errors import ConfigError, CvtrainError
 from cvtrain.quiet import quiet_libraries
 from cvtrain.results import EvaluateResult, FitResult, PredictResult
 from cvtrain.tasks import TASKS
@@ -135,7 +135,8 @@ def _fit(config: Config, signals: StopSignals, started: float, *, resume: str | 
 def _preflight(config: Config) -> None:
     """What can fail in a second, checked before the dataset is read and before a run directory exists: the
     devices asked for (``--gpus``, ``--accelerator``) are there, and the pretrained weights are a file that
-    exists or a torchvision download that is cached or can be made now.
+    exists or a torchvision download that is cached or can be made now (``pretrained_file``, which
+    ``load_pretrained`` calls again later: the file is then at hand).
 
     Raises:
         ConfigError: too many GPUs, no GPU for ``--accelerator gpu``, an unknown weights name, a failed download.
@@ -146,12 +147,8 @@ def _preflight(config: Config) -> None:
     from cvtrain.models.weights import pretrained_file
 
     device_arguments(config)
-    weights = config.model.weights
-    if weights:
-        path = pretrained_file(config.model.name, MODELS[config.model.name].builder, weights)
-        if not path.is_file():
-            raise CheckpointError("weights file not found", where=str(path),
-                                  hint="check model.weights, or set model.weights=null to train from scratch")
+    if config.model.weights:
+        pretrained_file(config.model.name, MODELS[config.model.name].builder, config.model.weights)
 
 
 def _fit_in(run_dir: Path, config: Config, signals: StopSignals, started: float, *, resume: str | None,

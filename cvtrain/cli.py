@@ -220,17 +220,16 @@ def run(args: argparse.Namespace) -> int:
         return _check(args)
     runtime = ("amp", "gpus", "accelerator", "devices", "num_nodes")
     if args.command == "fit":
-        arguments = _runtime_arguments(args, runtime + ("run_dir", "seed", "max_epochs", "max_steps", "fast_dev_run"))
         from cvtrain.config import load_config
 
-        # The spec is validated before torch and Lightning are imported: a mistake in it answers at once.
-        load_config(args.config, args.overrides, data=args.data, **arguments)
+        # The spec is read and validated before torch and Lightning are imported: a mistake in it answers at once.
+        config = load_config(args.config, args.overrides, data=args.data, **_runtime_arguments(
+            args, runtime + ("run_dir", "seed", "max_epochs", "max_steps", "fast_dev_run")))
     import cvtrain.api as api
     from cvtrain.engine.rundir import is_rank_zero
 
     if args.command == "fit":
-        result = api.fit(args.config, args.overrides, data=args.data, resume=args.resume, overwrite=args.overwrite,
-                         skip_checks=args.skip_checks, **arguments)
+        result = api.fit(config, resume=args.resume, overwrite=args.overwrite, skip_checks=args.skip_checks)
         if is_rank_zero():
             from cvtrain.evaluation.report import baseline_lines
 

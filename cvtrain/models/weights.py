@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from cvtrain.errors import ConfigError
+from cvtrain.errors import CheckpointError, ConfigError
 
 
 def _weights_enum(builder: Callable, name: str, what: str):
@@ -78,9 +78,13 @@ def pretrained_file(model_name: str, builder: Callable, weights: str) -> Path:
 
     Raises:
         ConfigError: an unknown weights name, or a download that failed.
+        CheckpointError: a local weights file (``.pth``, ``.pt``, ``.ckpt``) that does not exist.
     """
     path = Path(weights).expanduser()
     if path.suffix in (".pth", ".pt", ".ckpt") or path.exists():
+        if not path.is_file():
+            raise CheckpointError("weights file not found", where=str(path),
+                                  hint="check model.weights, or set model.weights=null to train from scratch")
         return path
     enum_value = _weights_enum(builder, weights, "model.weights")
     if enum_value is None:
