@@ -175,7 +175,7 @@ def test_path_escaping_the_root_is_refused(tmp_path):
 
 @pytest.mark.parametrize(("key", "value"), [
     ("annotations", "../outside.json"), ("annotations", "/etc/hostname"), ("list", "../../etc/hostname"),
-    ("images", "../elsewhere"),
+    ("list", "../outside.json"), ("images", "../elsewhere"),
 ])
 def test_paths_in_a_dataset_description_stay_inside_the_root_and_nothing_outside_is_echoed(tmp_path, key, value):
     from cvtrain.data.loading import build_index

@@ -15,21 +15,19 @@ QUICKSTART = REPO / "configs" / "detection" / "quickstart.yaml"
 HEAVY = ("torch", "torchvision", "pytorch_lightning", "lightning_fabric", "albumentations", "pycocotools")
 
 
+def run_in_fresh_interpreter(code: str) -> tuple[list[str], str]:
+    """Run ``code`` in a fresh interpreter; returns the heavy modules it imported and what it wrote to stderr."""
+    probe = f"{code}\nimport sys\nprint('HEAVY:' + ','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    *before, line = done.stderr.rstrip("\n").split("\n")
+    assert line.startswith("HEAVY:"), done.stderr[-2000:]
+    return [name for name in line[len("HEAVY:"):].split(",") if name], "\n".join(before)
+
+
 def heavy_modules_after(code: str) -> list[str]:
     """Run ``code`` in a fresh interpreter and return which heavy modules it imported."""
-    done = subprocess.run([sys.executable, "-c", probe(code)], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return loaded(done.stderr)
-
-
-def probe(code: str) -> str:
-    """``code``, then a line on stderr naming the heavy modules it imported."""
-    return f"{code}\nimport sys\nprint('HEAVY:' + ','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)"
-
-
-def loaded(stderr: str) -> list[str]:
-    line = next(line for line in stderr.splitlines() if line.startswith("HEAVY:"))
-    return [name for name in line[len("HEAVY:"):].split(",") if name]
+    return run_in_fresh_interpreter(code)[0]
 
 
 def test_import_and_config_validation_load_no_torch():
@@ -45,14 +43,14 @@ def test_help_and_spec_mistakes_answer_without_torch(argv):
     code = ("import sys\nfrom cvtrain.cli import main\n"
             f"try:\n    code = main({argv!r})\nexcept SystemExit as stop:\n    code = stop.code\n"
             "print(code, file=sys.stderr)")
-    done = subprocess.run([sys.executable, "-c", probe(code)], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert loaded(done.stderr) == []
-    code_line = done.stderr.strip().splitlines()[-2]
+    heavy, stderr = run_in_fresh_interpreter(code)
+    assert heavy == []
+    code_line = stderr.strip().splitlines()[-1]
     if argv[-1] == "--help":
         assert code_line == "0"
     else:
         assert code_line == "2"
-        assert "unknown key 'train.max_epoch' (did you mean 'train.max_epochs'?)" in done.stderr
+        assert "unknown key 'train.max_epoch' (did you mean 'train.max_epochs'?)" in stderr
 
 
 def test_overrides_stand_anywhere_after_the_verb():
@@ -61,8 +59,8 @@ def test_overrides_stand_anywhere_after_the_verb():
 
 
 def test_resume_never_takes_an_override_for_a_checkpoint():
-    assert parse_arguments(["fit", "-c", "s.yaml", "--resume", "train.max_epochs=3"]).resume == "auto"
     args = parse_arguments(["fit", "-c", "s.yaml", "--resume", "train.max_epochs=3"])
+    assert args.resume == "auto"
     assert args.overrides == ["train.max_epochs=3"]
     assert parse_arguments(["fit", "-c", "s.yaml", "--resume"]).resume == "auto"
     given = parse_arguments(["fit", "-c", "s.yaml", "--resume=runs/x/checkpoints/best.ckpt"])
@@ -83,7 +81,10 @@ def test_a_word_that_is_neither_flag_nor_override_is_a_usage_error(capsys):
     (["model.weights=missing/weights.pth"], "missing/weights.pth: weights file not found"),
 ])
 def test_cheap_mistakes_answer_before_the_dataset_is_read_and_write_nothing(flags, expected, tmp_path):
-    pytest.importorskip("torch").cuda.is_available() and pytest.skip("this machine has a GPU")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: these mistakes are not mistakes here")
     spec = tmp_path / "spec.yaml"
     spec.write_text(QUICKSTART.read_text().replace("../../data/shapes", str(tmp_path / "shapes")))
     done = subprocess.run([sys.executable, "-m", "cvtrain", "fit", "-c", str(spec), *flags], capture_output=True,
@@ -99,9 +100,9 @@ def test_verbs_that_share_a_name_with_a_package_stay_callable():
     package first (as a script or a sweep worker does) must not turn ``cvtrain.audit(...)`` into a TypeError."""
     code = ("import cvtrain.audit.scores, cvtrain.sweep.text, cvtrain\n"
             "assert callable(cvtrain.audit) and callable(cvtrain.sweep)\n"
-            "try:\n    cvtrain.audit('no-such-spec.yaml')\nexcept cvtrain.CvtrainError as error:\n"
-            "    assert 'no-such-spec.yaml' in str(error), error\n"
-            "try:\n    cvtrain.sweep('no-such-spec.yaml', trials=1)\nexcept cvtrain.CvtrainError as error:\n"
-            "    assert 'no-such-spec.yaml' in str(error), error")
+            "for verb, extra in ((cvtrain.audit, {}), (cvtrain.sweep, {'trials': 1})):\n"
+            "    try:\n        verb('no-such-spec.yaml', **extra)\n"
+            "    except cvtrain.CvtrainError as error:\n        assert 'no-such-spec.yaml' in str(error), error\n"
+            "    else:\n        raise AssertionError(f'{verb} ran on a spec that does not exist')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

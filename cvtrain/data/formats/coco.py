@@ -331,7 +331,7 @@ def _annotations_slowly(raw_annotations: list, path: Path, source: Location) -> 
         area = raw.get("area")
         _require(area is None or _number(area), path, f"{label}: 'area' is {area!r}, expected a number")
         crowd = raw.get("iscrowd", 0)
-        _require(crowd in (0, 1, None) and not isinstance(crowd, float | str), path,
+        _require(not isinstance(crowd, float) and crowd in (0, 1, None), path,  # True/False are 1/0; 1.0 is not
                  f"{label}: 'iscrowd' is {crowd!r}, expected 0 or 1")
         attributes = raw.get("attributes")
         annotations.append(Annotation(
