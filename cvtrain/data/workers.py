@@ -10,8 +10,9 @@ workers exist, never to a worker that has not yet set its handlers.
 Workers are started by a fork server (``worker_context``), not forked from the training process: the training
 process has threads (the stop watcher, progress bars, queue feeders, TensorBoard), and a fork taken while one of
 them is ending can deadlock the child inside ``os.fork`` on Python before 3.12 (CPython gh-112275: the worker
-never starts and training waits for it forever). The server is a single-threaded process that imported the data
-modules once (``cvtrain.data.worker_server``) and ignores the stop signals itself, so workers start fast and safely.
+never starts and training waits for it forever). The server is a single-threaded process that ignores the stop
+signals (``cvtrain.data.worker_server``, its first import) and imported the data modules once, so workers start
+fast and safely.
 Workers left running at exit (a run that failed while its loader was starting) are killed then: they ignore the
 SIGTERM with which ``multiprocessing`` would end them, and it would wait for them forever.
 """
