@@ -158,11 +158,12 @@ def _fit_in(run_dir: Path, config: Config, signals: StopSignals, started: float,
     if config.train.num_workers != 0:
         worker_context()  # the workers' fork server imports torch meanwhile, ready (and deaf to Ctrl-C) when needed
     audit_file = read_audit(config.checks.audit) if config.checks.audit is not None else None
-    index = build_index(config.data) if index is None else index
+    index = build_index(config.data, images_needed=True) if index is None else index
     if resume_from is not None:
         check_checkpoint_fits(
             resume_from.hyper_parameters, config.task, index.task, index.class_names, resume_from.path
         )
+    DataModule(config, index).require_batches(1)  # both splits hold images, enough for BatchNorm: before any write
     # One run, one id: a resumed run keeps the id of the run in its folder; checkpoints carry it (RunIdentity).
     run_id = read_run_info(run_dir).get("run_id") if resume_from is not None else None
     run_id = run_id or uuid.uuid4().hex
@@ -191,6 +192,7 @@ def _fit_in(run_dir: Path, config: Config, signals: StopSignals, started: float,
     extra = list(callbacks or [])  # e.g. the sweep's pruning callback
     callbacks = [metrics_file, *fit_callbacks(config, run_dir, run_id), StopAtSafePoint(signals, run_dir), *extra]
     trainer = build_trainer(config, run_dir, callbacks=callbacks, monitor=task.monitor)
+    datamodule.require_batches(trainer.world_size)
     signals.defer()  # from here a signal stops at the next safe point, with a checkpoint
     with shared_with_workers(run_dir), warnings.catch_warnings():  # DDP processes started by Lightning inherit it
         if resume_from is not None:  # a resumed run's folder holds checkpoints, of course
@@ -394,7 +396,7 @@ def evaluate(spec: Spec | None = None, checkpoint: str | os.PathLike = "", overr
     config = _config_for_checkpoint(payload, spec, overrides, data, arguments)
     if split:
         config.data.val_split = split
-    index = build_index(config.data)
+    index = build_index(config.data, images_needed=True)
     check_checkpoint_fits(payload["hyper_parameters"], config.task, index.task, index.class_names, checkpoint)
     task = load_task(checkpoint, payload) if task is None else task
     default_out = (checkpoint.resolve().parent.parent / f"evaluate-{config.data.val_split}" if model is None
@@ -487,7 +489,7 @@ def test(spec: Spec | None = None, checkpoint: str | os.PathLike = "", overrides
     if not config.tests.enabled():
         raise CvtrainError("the spec declares no model tests", where="tests",
                            hint="add e.g. 'tests: {flip: {}, brightness: {}}' (see docs/testing-models.md)")
-    index = build_index(config.data)
+    index = build_index(config.data, images_needed=True)
     check_checkpoint_fits(payload["hyper_parameters"], config.task, index.task, index.class_names, checkpoint)
     task = load_task(checkpoint, payload)
     val = DataModule.for_evaluation(config, index).val_index
@@ -702,7 +704,7 @@ def _audit_into(out_dir: Path, config: Config, payload, checkpoint_path, suggest
                 skip_checks: bool, arguments: dict[str, Any]):
     from cvtrain.audit.runner import run_audit
 
-    index = build_index(config.data)
+    index = build_index(config.data, images_needed=True)
     if payload is not None:
         check_checkpoint_fits(payload["hyper_parameters"], config.task, index.task, index.class_names, checkpoint_path)
     rank_zero = is_rank_zero()

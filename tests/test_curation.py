@@ -94,8 +94,10 @@ def test_datumaro_crowd_rle_box_disagrees_with_mask(shared_datasets, checks):
 def test_datumaro_voc_annotations_without_images(shared_datasets, checks):
     root = shared_datasets / "datumaro_test_assets/tests/assets/voc_dataset/voc_dataset2"
     report = check({"format": "voc", "root": root, "annotations": "Annotations", "images": "JPEGImages"}, checks)
-    assert sorted(f.image for f in report.errors) == [f"JPEGImages/{n}.jpg" for n in "@abcd"]
-    assert {f.code for f in report.errors} == {"image.missing"}
+    # Not one image is there: one error about the folder, not one per image (issue 18)
+    [error] = report.errors
+    assert error.code == "image.none_found" and error.file.endswith("voc_dataset2/JPEGImages")
+    assert "none of the 5 images" in error.message and "it does not exist" in error.message
     assert [f.image for f in report.by_code("image.negative")] == ["JPEGImages/@.jpg"]  # no <object>
 
 
@@ -131,15 +133,16 @@ def test_fruits_nuts_has_no_findings_at_all(shared_datasets, checks):
 
 
 def test_coco_ground_truth_has_no_errors(shared_datasets, checks):
-    """The COCO GT ships without images: with file checks off there is no error; with them on, only missing files."""
+    """The COCO GT ships without images: with file checks off there is no error; with them on, one error about the
+    image folder (not one per image)."""
     data = {"format": "coco", "root": shared_datasets / "coco_eval_parity/faster_coco_eval/tests/dataset/cocoapi",
             "annotations": "instances_val2014_100.json", "images": "val2014"}
     report = check(data, checks.model_copy(update={"check_files": False}))
     assert report.count("error") == 0
     assert report.statistics["totals"] == {"images": 100, "annotations": 839, "classes": 80}
     with_files = check(data, checks)
-    assert set(errors_by_code(with_files)) == {"image.missing"}
-    assert with_files.counts["image.missing"] == 100
+    assert set(errors_by_code(with_files)) == {"image.none_found"}
+    assert "none of the 100 images" in with_files.errors[0].message
 
 
 def camvid_index(root: Path) -> DatasetIndex:

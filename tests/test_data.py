@@ -49,9 +49,9 @@ def test_coco_reader_keeps_ids_and_negatives(tmp_path):
 @pytest.mark.parametrize("text, fragment", [
     ('{"images": [', "invalid JSON"),
     ("", "annotation file is empty"),
-    ('{"images": {}, "categories": []}', "'images' is a dict, expected a list"),
+    ('{"images": {}, "categories": []}', "'images' is an object, expected a list"),
     ('{"images": [], "annotations": []}', "missing key 'categories'"),
-    ('{"images": [{"id": "1", "file_name": "a.png"}], "categories": []}', "images[0] needs an integer 'id'"),
+    ('{"images": [{"id": "1", "file_name": "a.png"}], "categories": []}', "images[0]: 'id' is '1', expected an integer"),
     ('{"images": [], "categories": [], "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2]}]}',
      "annotation id 1: 'bbox' is [1, 2]"),
     # accepted silently before: crowd flags outside 0/1, no 'annotations', no images, a category id used twice
@@ -64,7 +64,7 @@ def test_coco_reader_keeps_ids_and_negatives(tmp_path):
     ('{"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 1, "name": "x"}, {"id": 1, "name": "y"}],'
      ' "annotations": []}', "category id 1 is declared twice ('x' and 'y')"),
     ('{"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 1, "name": "x"}], "annotations": '
-     '[{"id": 1, "image_id": 1, "category_id": 1, "bbox": null}]}', "annotation id 1: 'bbox' is None"),
+     '[{"id": 1, "image_id": 1, "category_id": 1, "bbox": null}]}', "annotation id 1: 'bbox' is null"),
 ])
 def test_coco_reader_errors_name_the_problem(tmp_path, text, fragment):
     path = tmp_path / "bad.json"

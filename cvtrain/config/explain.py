@@ -79,7 +79,8 @@ def _yaml_line(text: str, loc: tuple) -> int | None:
 
 
 def explain(error: ValidationError, *, source: str = "<dict>", origin: dict[str, str] | None = None,
-            text: str | None = None, section: str | None = None) -> ConfigError:
+            text: str | None = None, section: str | None = None,
+            data_file: tuple[str, str] | None = None) -> ConfigError:
     """The first problem of ``error`` as a ``ConfigError``: ``unknown key 'train.max_epoch' ... did you mean ...``.
 
     Args:
@@ -88,6 +89,7 @@ def explain(error: ValidationError, *, source: str = "<dict>", origin: dict[str,
         origin: dotted key -> where it was set (an override, an argument, a ``--data`` file); wins over ``source``.
         text: the YAML text of ``source``, to name the line of the key.
         section: the section that was validated on its own (``"data"``, ``"checks"``); None for a whole spec.
+        data_file: ``(path, YAML text)`` of a ``--data`` file that gave the ``data`` section, to name its line.
 
     Returns:
         The error to raise (the caller raises it ``from None``).
@@ -102,6 +104,9 @@ def explain(error: ValidationError, *, source: str = "<dict>", origin: dict[str,
     for key, label in origin.items():
         if dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + ".") and first["type"] == "missing":
             where = label
+            if key == "data" and data_file is not None and len(inner) > 1:
+                line = _yaml_line(data_file[1], inner[1:])
+                where = f"{data_file[0]}:{line}" if line else where
             break
     else:
         if text is not None and inner:

@@ -120,6 +120,7 @@ def load_config(
     origin: dict[str, str] = {}  # dotted key -> where it was set, for error messages
     source = "<dict>"
     text_lines: tuple[Path, str] | None = None
+    data_file: tuple[str, str] | None = None
     if isinstance(spec, Config):
         tree = spec.model_dump(mode="json")
     elif isinstance(spec, Mapping):
@@ -145,6 +146,7 @@ def load_config(
         resolve_root(section, data_path.parent.resolve())
         tree["data"] = section
         origin["data"] = str(data_path)
+        data_file = (str(data_path), data_path.read_text(encoding="utf-8"))
     items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides or ())
     for key, value in items:
         if key in ("data.root",) and isinstance(value, str):
@@ -163,7 +165,8 @@ def load_config(
     try:
         return Config.model_validate(tree)
     except ValidationError as error:
-        raise explain(error, source=source, origin=origin, text=text_lines[1] if text_lines else None) from None
+        raise explain(error, source=source, origin=origin, text=text_lines[1] if text_lines else None,
+                      data_file=data_file) from None
 
 
 def save_config(config: Config, path: Path) -> None:

@@ -262,6 +262,15 @@ class ChecksConfig(StrictModel):
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # runs/<name>: a name is one path segment
 
 
+# The tasks a format's annotations can train (formats not listed: every task their files carry).
+FORMAT_TASKS: dict[str, tuple[str, ...]] = {
+    "masks": ("semantic_segmentation",),  # class-index masks hold no instances and no boxes
+    "cityscapes": ("semantic_segmentation",),
+    "voc": ("detection",),  # boxes only
+    "kitti": ("detection",),
+}
+
+
 class Config(StrictModel):
     """A whole spec."""
 
@@ -295,6 +304,15 @@ class Config(StrictModel):
         kind = MODELS[self.model.name].task
         if kind != self.task:
             raise ValueError(f"model {self.model.name!r} is a {kind} model but task is {self.task!r}")
+        need = MODELS[self.model.name].min_batch
+        if self.train.batch_size < need:
+            raise ValueError(f"train.batch_size {self.train.batch_size} is too small for {self.model.name!r}: its "
+                             f"BatchNorm layers need at least {need} images per batch in training")
+        served = FORMAT_TASKS.get(self.data.format)
+        if served is not None and self.task not in served:
+            raise ValueError(f"format {self.data.format!r} holds {' or '.join(served)} data but task is {self.task!r}"
+                             f"; a {self.task} model needs a format with "
+                             f"{'boxes' if self.task == 'detection' else 'masks'} (e.g. coco)")
         if self.train.compile and kind != "semantic_segmentation":
             raise ValueError(f"train.compile supports semantic segmentation models only; {self.model.name!r} is a "
                              f"{kind} model, whose data-dependent shapes (proposals, matching) make torch.compile "

@@ -43,6 +43,8 @@ register_code("file.outside_root", "error", "file path escapes the dataset root"
               "file names must be relative paths inside data.root; move the file or fix the name")
 register_code("image.missing", "error", "image file not found",
               "add the file, fix its name in the annotations, or remove the image entry")
+register_code("image.none_found", "error", "the image folder holds none of the images the annotations name",
+              "check data.root and data.images (an empty, wrong or unmounted folder), or the file names")
 register_code("image.corrupt", "error", "image cannot be decoded (corrupt or truncated)",
               "replace the file with a good copy, or remove the image entry")
 register_code("image.size_mismatch", "error", "image size in the annotations differs from the real size",
@@ -127,10 +129,24 @@ register_code("image.cmyk", "warning", "image is CMYK",
               "convert it to RGB with a colour-managed tool; naive conversion shifts colours")
 register_code("image.high_bit_depth", "warning", "image has more than 8 bits per channel",
               "it is rescaled per image to 8 bits; convert it yourself if absolute intensity matters")
+register_code("image.alpha", "warning", "image has an alpha channel, which is dropped",
+              "the model sees the stored colour of transparent pixels (often black or garbage); "
+              "composite the images onto a background, or save them without alpha")
+register_code("image.exif_orientation", "warning", "image has an EXIF orientation that cvtrain does not apply",
+              "cvtrain (like torchvision and pycocotools) reads the stored pixels; if the boxes were drawn on the "
+              "rotated view, rotate the pixels (PIL.ImageOps.exif_transpose) and drop the tag, then check again")
+register_code("image.unannotated", "warning", "image in the image folder has no annotation file and is not used",
+              "add its annotation file (an empty one marks a negative example), or move the image out")
+register_code("mask.all_ignore", "warning", "every pixel of the mask is ignore_index: the image teaches nothing",
+              "fix the mask (an export that wrote the 'void' value everywhere?) or remove the image")
 
 # -------------------------------------------------------------------- info
 register_code("image.negative", "info", "image has no annotations (a negative example)",
               "nothing to do if intended: negatives teach the model what is not an object")
+register_code("image.size_unknown", "info", "the annotations give no image size; the file's own size is used",
+              "nothing to do; write the size (VOC <size>, COCO width/height) to catch images replaced by another")
+register_code("mask.high_bit_depth", "info", "mask is stored with 16 or 32 bits per pixel",
+              "nothing to do: its values are read as class indices; tools that expect 8-bit masks may not read it")
 register_code("image.palette", "info", "image is palette-coded (mode P)",
               "nothing to do: it is converted to RGB when loaded")
 register_code("category.zero_id", "info", "a category has id 0",

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from cvtrain.data.files import HIGH_BIT_MODES, open_image
 from cvtrain.data.workers import ignore_stop_signals, signals_held, worker_context
 from cvtrain.errors import DataError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: images carry their EXIF orientation
 HEADER_BYTES = 64 * 1024
 DEFAULT_CACHE = Path("~/.cache/cvtrain/decode-cache.json")
 
@@ -76,6 +77,9 @@ def inspect_file(task: tuple[str, str, bool, dict | None]) -> dict[str, Any]:
             image.load()
             result: dict[str, Any] = {"width": image.width, "height": image.height, "mode": image.mode}
             if kind == "image":
+                orientation = image.getexif().get(0x0112) if image.format in ("JPEG", "TIFF", "WEBP", "PNG") else None
+                if isinstance(orientation, int) and orientation != 1:
+                    result["orientation"] = orientation
                 result["sha1"] = hashlib.sha1(data).hexdigest()
                 result["dhash"] = dhash(image)
             else:
@@ -85,7 +89,9 @@ def inspect_file(task: tuple[str, str, bool, dict | None]) -> dict[str, Any]:
     except DataError as error:  # a decompression bomb
         result = {"error": error.message}
     except Exception as error:  # noqa: BLE001 - PIL raises many types for a bad file; all mean "cannot decode"
-        result = {"error": f"{type(error).__name__}: {error}"}
+        # PIL names the in-memory buffer (<_io.BytesIO object at 0x...>); the finding names the file already
+        text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(error))
+        result = {"error": f"{type(error).__name__}: {text}"}
     result["key"] = key
     return result
 

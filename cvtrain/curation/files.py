@@ -65,11 +65,19 @@ def check_files(out: Collector, *, progress: bool) -> FileFacts:
     _check_duplicates(out, images)
     _check_leakage(out, images)
     _check_masks(out, masks, facts)
+    for name in index.unannotated:
+        out.add("image.unannotated", f"image {name!r} has no annotation file", image=name)
     return facts
 
 
 def _report_unreadable(out: Collector, results: dict[int, dict], kind: str) -> None:
     missing = [row for row, result in results.items() if result.get("missing")]
+    if kind == "image" and len(missing) > 1 and len(missing) == len(out.index.images):  # a wrong or empty folder
+        from cvtrain.data.loading import absent_images_error
+
+        error = absent_images_error(Path(out.index.root), [image.file_name for image in out.index.images])
+        out.add("image.none_found", error.message, file=error.where)
+        return
     out.add_images(f"{kind}.missing", missing, [f"{kind} file {_name(out, row, kind)!r} not found" for row in missing])
     broken = [row for row, result in results.items() if "error" in result]
     out.add_images(f"{kind}.corrupt", broken,
@@ -98,11 +106,14 @@ def _check_sizes(out: Collector, facts: FileFacts) -> None:
         return texts
 
     out.add_images("image.size_mismatch", rows, messages)
+    unknown = np.flatnonzero((np.isnan(declared_w) | np.isnan(declared_h)) & ~np.isnan(facts.width))
+    out.add_images("image.size_unknown", unknown, lambda shown: (
+        f"no size in the annotations; the file is {facts.width[r]:.0f}x{facts.height[r]:.0f}" for r in shown))
 
 
 def _check_modes(out: Collector, images: dict[int, dict]) -> None:
     by_code: dict[str, list[int]] = {"image.grayscale": [], "image.cmyk": [], "image.high_bit_depth": [],
-                                     "image.palette": []}
+                                     "image.palette": [], "image.alpha": []}
     modes = {row: result.get("mode") for row, result in images.items() if result.get("mode")}
     for row, mode in modes.items():
         if mode in HIGH_BIT_MODES:
@@ -113,8 +124,17 @@ def _check_modes(out: Collector, images: dict[int, dict]) -> None:
             by_code["image.cmyk"].append(row)
         elif mode in ("P", "PA"):
             by_code["image.palette"].append(row)
+        if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+            by_code["image.alpha"].append(row)
     for code, rows in by_code.items():
         out.add_images(code, rows, [f"mode {modes[row]}" for row in rows])
+    rotated = sorted(row for row, result in images.items() if result.get("orientation", 1) not in (1, None))
+    turns = {2: "mirrored", 3: "rotated 180°", 4: "flipped", 5: "transposed", 6: "rotated 90° clockwise",
+             7: "transversed", 8: "rotated 90° counter-clockwise"}
+    out.add_images("image.exif_orientation", rotated, [
+        f"EXIF orientation {images[row]['orientation']} ({turns.get(images[row]['orientation'], 'unknown')}): "
+        f"viewers show it turned, the model sees the stored {images[row]['width']}x{images[row]['height']} pixels"
+        for row in rotated])
 
 
 def _check_duplicates(out: Collector, images: dict[int, dict]) -> None:
@@ -173,7 +193,7 @@ def _check_masks(out: Collector, masks: dict[int, dict], facts: FileFacts) -> No
     allowed = {category.id for category in index.categories}
     if index.ignore_index is not None:
         allowed.add(index.ignore_index)
-    size_rows, size_texts, value_rows, value_texts = [], [], [], []
+    size_rows, size_texts, value_rows, value_texts, deep_rows, deep_texts, void_rows = [], [], [], [], [], [], []
     for row, result in sorted(masks.items()):
         if "width" not in result:
             continue
@@ -190,6 +210,11 @@ def _check_masks(out: Collector, masks: dict[int, dict], facts: FileFacts) -> No
             values = map_value_counts(values, index.mask_table)
         if values:
             facts.mask_values[row] = values
+        if result.get("mode") in ("I;16", "I;16B", "I;16L", "I"):
+            deep_rows.append(row)
+            deep_texts.append(f"mask mode {result['mode']}")
+        if values and index.ignore_index is not None and set(values) == {index.ignore_index}:
+            void_rows.append(row)
         unknown = sorted(set(values) - allowed)
         if unknown:
             shown = ", ".join(f"{v} ({values[v]} px)" for v in unknown[:8]) + (" ..." if len(unknown) > 8 else "")
@@ -198,6 +223,10 @@ def _check_masks(out: Collector, masks: dict[int, dict], facts: FileFacts) -> No
                                f" nor ignore_index {index.ignore_index}")
     out.add_images("mask.size_mismatch", size_rows, size_texts)
     out.add_images("mask.unknown_value", value_rows, value_texts)
+    out.add_images("mask.high_bit_depth", deep_rows, deep_texts)
+    out.add_images("mask.all_ignore", void_rows,
+                   [f"all {sum(facts.mask_values[row].values())} pixels are ignore_index {index.ignore_index}"
+                    for row in void_rows])
 
 
 def check_image_shapes(out: Collector, width: np.ndarray, height: np.ndarray) -> None:

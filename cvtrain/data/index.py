@@ -47,6 +47,8 @@ class DatasetIndex:
     # semantic masks whose pixel values are not the classes (Cityscapes labelIds): class of each value,
     # ``mask_table[value]``; values past its end are not scored. None: the values are the classes.
     mask_table: np.ndarray | None = None
+    # image files (relative to ``root``) that the reader found without an annotation file (VOC): not used
+    unannotated: list[str] = field(default_factory=list)
 
     # ----------------------------------------------------------------- lookups
     @cached_property

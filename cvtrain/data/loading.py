@@ -22,14 +22,55 @@ FORMAT_DEFAULTS: dict[str, dict[str, str]] = {
 }
 
 
-def build_index(data) -> DatasetIndex:
+def build_index(data, *, images_needed: bool = False) -> DatasetIndex:
     """Read the dataset described by ``data`` (a ``DataConfig``) and assign every image a split.
 
     Splits come, in this order of preference, from per-split annotation files,
     from per-split file lists, from the format itself (a YOLO ``data.yaml``, Cityscapes'
     split folders: kept when ``data.splits`` is empty and ``data.val_split`` is among
     them), or from a seeded ratio split (``val_fraction``).
+
+    Args:
+        data: the spec's ``data`` section.
+        images_needed: the caller reads the images (fit, evaluate): refuse at once when not one of them is there.
+
+    Raises:
+        DataError: the root, an annotation file or list is missing or malformed, or (``images_needed``) the image
+            folder holds none of the images the annotations name: one line about the folder, not one per image.
     """
+    index = _build_index(data)
+    if images_needed:
+        names = [image.file_name for image in index.images]
+        if len(names) > 1 and _escaping(names) is None and not _any_present(Path(index.root), names):
+            raise absent_images_error(Path(index.root), names)
+    return index
+
+
+def _escaping(names: list[str]) -> str | None:
+    """The first name that is absolute, climbs out with ``..`` or holds NUL (the checks report those)."""
+    return next((name for name in names if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts
+                 or "\x00" in name), None)
+
+
+def _any_present(root: Path, names: list[str]) -> bool:
+    sample = names[:: max(1, len(names) // 32)]
+    return any((root / name).exists() for name in sample) or any((root / name).exists() for name in names)
+
+
+def absent_images_error(root: Path, names: list[str]) -> DataError:
+    """The one-line error for an image folder that holds none of ``names``: empty, other files, or not there."""
+    folder = root / PurePosixPath(names[0]).parent
+    if folder.is_dir():
+        present = sorted(path.name for path in folder.iterdir() if not path.name.startswith("."))
+        holds = f"it holds {len(present)} other file(s), e.g. {present[0]!r}" if present else "it is empty"
+    else:
+        holds = "it does not exist"
+    return DataError(f"the image folder holds none of the {len(names)} images the annotations name "
+                     f"(e.g. {PurePosixPath(names[0]).name!r}); {holds}", where=str(folder),
+                     hint="check data.root and data.images, or the annotations' file names")
+
+
+def _build_index(data) -> DatasetIndex:
     root = Path(data.root)
     defaults = FORMAT_DEFAULTS.get(data.format, {})
     if not root.is_dir() and not defaults.get("generated"):

@@ -22,6 +22,7 @@ from cvtrain.data.workers import (
     available_cores,
 )
 from cvtrain.errors import DataError
+from cvtrain.models.registry import MODELS
 
 
 def build_dataset(config: Config, index: DatasetIndex, *, train: bool) -> Dataset:
@@ -104,14 +105,30 @@ class DataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = build_dataset(self.config, self.train_index, train=True)
         batch_size = self.config.train.batch_size
-        # A last batch of one image breaks BatchNorm in DeepLabV3's image pooling; torchvision's
-        # segmentation reference drops the incomplete batch too.
-        drop_last = self.config.task == "semantic_segmentation" and len(dataset) > batch_size
         self.train_sampler = EpochSampler(dataset, seed=self.config.train.seed, batch_size=batch_size,
                                           resume=self.resume_order, **replicas(self.trainer))
+        # A last batch of one image breaks BatchNorm on 1x1 maps (DeepLabV3's image pooling, SSDlite's extra
+        # layers): such a batch is dropped. torchvision's segmentation reference drops every incomplete batch.
+        per_rank = len(self.train_sampler)
+        drop_last = (self.config.task == "semantic_segmentation" and len(dataset) > batch_size) or (
+            0 < per_rank % batch_size < MODELS[self.config.model.name].min_batch and per_rank > batch_size)
         self.resume_order = None
         dataset = SeededItems(dataset, on_unreadable=self.config.data.on_unreadable, record=self.unreadable_log)
         return self._loader(dataset, batch_size=batch_size, drop_last=drop_last, sampler=self.train_sampler)
+
+    def require_batches(self, processes: int) -> None:
+        """Refuse a training split too small for the model's BatchNorm layers (one line, before training).
+
+        Raises:
+            DataError: each of ``processes`` would train on fewer images than the model needs per batch.
+        """
+        need = MODELS[self.config.model.name].min_batch
+        images = len(self.train_index.images)
+        if need > 1 and -(-images // processes) < need:
+            per = f"{images} training image(s)" + (f" over {processes} processes" if processes > 1 else "")
+            raise DataError(f"split '{self.config.data.train_split}' has {per}; {self.config.model.name} has BatchNorm "
+                            f"layers that need at least {need} images per batch in training",
+                            where=str(self.index.root), hint="add training images, or lower data.val_fraction")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(build_dataset(self.config, self.val_index, train=False),

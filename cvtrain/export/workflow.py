@@ -126,7 +126,7 @@ def parity_images(config, images: str | os.PathLike | None,
         files = list_images(Path(images))
     else:
         try:
-            index = build_index(config.data)
+            index = build_index(config.data, images_needed=True)
         except CvtrainError as error:
             raise ExportError(f"cannot read the checkpoint's validation images for the parity check: {error.message}",
                               where=error.where, hint="give images to compare on with --images") from None

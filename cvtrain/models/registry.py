@@ -27,6 +27,8 @@ class ModelEntry:
     task: str  # detection | instance_segmentation | semantic_segmentation
     source: Callable[..., nn.Module] | str  # the builder, or "module:function", imported when first used
     fixed_size: bool = False  # SSD-style models that resize to a square
+    # BatchNorm on 1x1 maps (SSDlite's extra layers, DeepLabV3's image pooling) needs two images per batch in training
+    min_batch: int = 1
 
     @property
     def builder(self) -> Callable[..., nn.Module]:
@@ -59,12 +61,13 @@ for _name in ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrc
     register_model(_name, "detection", _detection + _name)
 register_model("ssd300_vgg16", "detection", _detection + "ssd300_vgg16", fixed_size=True)
 register_model("ssdlite320_mobilenet_v3_large", "detection", _detection + "ssdlite320_mobilenet_v3_large",
-               fixed_size=True)
+               fixed_size=True, min_batch=2)
 for _name in ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"):
     register_model(_name, "instance_segmentation", _detection + _name)
 _segmentation = "torchvision.models.segmentation:"
-for _name in ("deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large", "fcn_resnet50",
-              "fcn_resnet101", "lraspp_mobilenet_v3_large"):
+for _name in ("deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large"):
+    register_model(_name, "semantic_segmentation", _segmentation + _name, min_batch=2)
+for _name in ("fcn_resnet50", "fcn_resnet101", "lraspp_mobilenet_v3_large"):
     register_model(_name, "semantic_segmentation", _segmentation + _name)
 
 

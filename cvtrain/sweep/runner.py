@@ -227,7 +227,7 @@ def _check_dataset(config: Config, folder: Path) -> None:
     from cvtrain.api import _check_before_fit
     from cvtrain.data.loading import build_index
 
-    _check_before_fit(build_index(config.data), config, folder)
+    _check_before_fit(build_index(config.data, images_needed=True), config, folder)
 
 
 # ------------------------------------------------------------------------------------------------- worker

@@ -70,6 +70,27 @@ def load_json(path: Path) -> Any:
         raise DataError("JSON nested too deeply", where=str(path), hint="this is not a COCO annotation file") from None
 
 
+def _shown(value: Any) -> str:
+    """``value`` as an error shows it: JSON's words (null, true), a huge integer by its digit count, at most 60 chars."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if type(value) is int and abs(value) >= 10 ** 18:
+        return f"an integer of {len(str(abs(value)))} digits"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:50] + f"... ({_json_type(value)})"
+
+
+def _a(noun: str) -> str:
+    """``an array``, ``a string``; ``null`` alone."""
+    return noun if noun == "null" else ("an " if noun[0] in "aeiou" else "a ") + noun
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of ``value``'s type (object, array, string, number, boolean, null)."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -186,17 +207,17 @@ def _from_records(decoded: _File, image_dir: str, source: Location):
 def _from_json(path: Path, image_dir: str, source: Location):
     data = load_json(path)
     _require(isinstance(data, dict), path,
-             f"top level is a {type(data).__name__}, expected an object with 'images' and 'categories'")
+             f"top level is {_a(_json_type(data))}, expected an object with 'images' and 'categories'")
     for key in ("images", "categories"):
         _require(key in data, path, f"missing key '{key}'")
-        _require(isinstance(data[key], list), path, f"'{key}' is a {type(data[key]).__name__}, expected a list")
+        _require(isinstance(data[key], list), path, f"'{key}' is {_a(_json_type(data[key]))}, expected a list")
     categories = _categories(data["categories"], path)
     records = _images_slowly(data["images"], path, image_dir, source)
     _require("annotations" in data, path, "missing key 'annotations'",
              hint='a COCO file for training lists its annotations; write "annotations": [] if the images have none')
     raw_annotations = data["annotations"]
     _require(isinstance(raw_annotations, list), path,
-             f"'annotations' is a {type(raw_annotations).__name__}, expected a list")
+             f"'annotations' is {_a(_json_type(raw_annotations))}, expected a list")
     table = table_from_annotations(_annotations_slowly(raw_annotations, path, source))
     return categories, records, table
 
@@ -216,13 +237,15 @@ def _images(images: list[_Image], image_dir: str, source: Location) -> list[Imag
     ids = list(map(attrgetter("id"), images))
     names = list(map(attrgetter("file_name"), images))
     sizes = [list(map(attrgetter(name), images)) for name in ("width", "height")]
-    if "" in names or not _in_int64(ids):
+    if "" in names or not _in_int64(ids) or any("\x00" in name for name in names):
         raise _Slow
     for values in sizes:
         if float in _types(values):  # 640.0 is a size, 640.5 is not
             if not all(v is None or float(v).is_integer() for v in values):
                 raise _Slow
             values[:] = [v if v is None else int(v) for v in values]
+        if any(v is not None and v <= 0 for v in values):
+            raise _Slow
     base = posixpath.normpath(image_dir) if image_dir else "."
     prefix = "" if base == "." else base + "/"
     records = [ImageRecord(id=i, file_name=_join(prefix, image_dir, name), width=w, height=h, source=source)
@@ -256,13 +279,19 @@ def _images_slowly(raw_images: list, path: Path, image_dir: str, source: Locatio
     """Record by record, naming the first bad one (floats like 640.0 are accepted as sizes)."""
     records = []
     for position, raw in enumerate(raw_images):
-        _require(isinstance(raw, dict) and _integer(raw.get("id")), path, f"images[{position}] needs an integer 'id'")
+        _require(isinstance(raw, dict), path, f"images[{position}] is {_shown(raw)}, expected an object")
+        _require(_integer(raw.get("id")), path,
+                 f"images[{position}]: 'id' is {_shown(raw.get('id'))}, expected an integer within 64 bits")
         _require(isinstance(raw.get("file_name"), str) and raw["file_name"] != "",
                  path, f"image id {raw['id']} needs a non-empty string 'file_name'")
+        _require("\x00" not in raw["file_name"], path,
+                 f"image id {raw['id']}: 'file_name' {_shown(raw['file_name'])} holds a NUL byte",
+                 hint="file names cannot hold NUL (\\u0000); fix the exporter's output")
         width, height = raw.get("width"), raw.get("height")
         for name, value in (("width", width), ("height", height)):
-            _require(value is None or (_number(value) and math.isfinite(value) and float(value).is_integer()),
-                     path, f"image id {raw['id']}: '{name}' is {value!r}, expected an integer")
+            _require(value is None or (_number(value) and math.isfinite(value) and float(value).is_integer()
+                                       and value > 0),
+                     path, f"image id {raw['id']}: '{name}' is {_shown(value)}, expected a positive integer")
         records.append(ImageRecord(
             id=raw["id"],
             file_name=posixpath.normpath(posixpath.join(image_dir, raw["file_name"])) if image_dir
@@ -320,16 +349,19 @@ def _annotations_slowly(raw_annotations: list, path: Path, source: Location) -> 
         for key in ("id", "image_id", "category_id"):
             value = raw.get(key)
             _require(_integer(value), path,
-                     f"{label} (id {raw.get('id')!r}): '{key}' is {value!r}, expected an integer")
+                     f"{label} (id {_shown(raw.get('id'))}): '{key}' is {_shown(value)}, expected an integer")
         label = f"annotation id {raw['id']}"
         bbox = raw.get("bbox")
         segmentation = raw.get("segmentation")
         if bbox is None and segmentation:
             bbox = _bbox_from_segmentation(segmentation, path, label)
+        _require(bbox is not None or "bbox" in raw, path, f"{label}: no 'bbox' and no segmentation to take it from",
+                 hint="write 'bbox': [x, y, width, height] in pixels")
+        _require(bbox is not None, path, f"{label}: 'bbox' is null", hint="write 'bbox': [x, y, width, height] in pixels")
         _require(isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox),
-                 path, f"{label}: 'bbox' is {bbox!r}, expected [x, y, width, height]")
+                 path, f"{label}: 'bbox' is {_shown(bbox)}, expected [x, y, width, height]")
         area = raw.get("area")
-        _require(area is None or _number(area), path, f"{label}: 'area' is {area!r}, expected a number")
+        _require(area is None or _number(area), path, f"{label}: 'area' is {_shown(area)}, expected a number")
         crowd = raw.get("iscrowd", 0)
         _require(not isinstance(crowd, float) and crowd in (0, 1, None), path,  # True/False are 1/0; 1.0 is not
                  f"{label}: 'iscrowd' is {crowd!r}, expected 0 or 1")

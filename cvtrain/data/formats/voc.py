@@ -20,6 +20,8 @@ def _text(element: ET.Element | None, tag: str) -> str | None:
 
 def _coordinate(obj: ET.Element, tag: str, where: str) -> float:
     value = _text(obj.find("bndbox"), tag)
+    if value is None and obj.find(f"bndbox/{tag}") is not None or value == "":
+        raise DataError(f"bndbox/{tag} is empty", where=where, hint="write the coordinate in pixels, e.g. <ymin>12</ymin>")
     if value is None:
         raise DataError(
             f"object without bndbox/{tag}",
@@ -34,9 +36,30 @@ def _coordinate(obj: ET.Element, tag: str, where: str) -> float:
         ) from None
 
 
-def _parse(path: Path) -> ET.Element:
+def _refuse_external_dtd(path: Path, data: bytes) -> None:
+    """A DOCTYPE that names an external DTD (``SYSTEM``/``PUBLIC``) is refused: nothing is ever fetched or read."""
+    from xml.parsers import expat
+
+    def doctype(name: str, system_id: str | None, public_id: str | None, has_internal_subset: int) -> None:
+        if system_id or public_id:
+            raise DataError(f"the file names an external DTD ({system_id or public_id!r})",
+                            where=f"{path}:{parser.CurrentLineNumber}",
+                            hint="VOC files need no DTD, and nothing was fetched: remove the <!DOCTYPE ...> line")
+
+    parser = expat.ParserCreate()
+    parser.StartDoctypeDeclHandler = doctype
     try:
-        return ET.parse(path).getroot()
+        parser.Parse(data, True)
+    except expat.ExpatError:
+        pass  # ElementTree names the syntax error with its position
+
+
+def _parse(path: Path) -> ET.Element:
+    data = path.read_bytes()
+    if b"<!DOCTYPE" in data:
+        _refuse_external_dtd(path, data)
+    try:
+        return ET.fromstring(data)
     except ET.ParseError as error:
         line, column = error.position
         raise DataError(
@@ -127,8 +150,14 @@ def read_voc(annotation_dir: Path, *, root: Path, images: str = "JPEGImages", cl
                     },
                 )
             )
+    unannotated = []
+    if names is None and (root / images).is_dir():  # with split lists, images outside them are left out on purpose
+        annotated = {path.stem for path in files} | {posixpath.basename(r.file_name) for r in image_records}
+        unannotated = sorted(posixpath.join(images, path.name) for path in (root / images).iterdir()
+                             if path.suffix.lower() in IMAGE_SUFFIXES and path.stem not in annotated
+                             and path.name not in annotated)
     return DatasetIndex(root=root, categories=categories, images=image_records, annotations=annotations,
-                        task="detection", sources=[str(annotation_dir)], format="voc")
+                        task="detection", sources=[str(annotation_dir)], format="voc", unannotated=unannotated)
 
 
 def _find_image(image_dir: Path, stem: str) -> str:

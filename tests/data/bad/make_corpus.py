@@ -97,6 +97,10 @@ def specs() -> None:
     for name, text in cases.items():
         write(HERE / "specs" / f"{name}.yaml", text)
     write(HERE / "specs" / "empty.yaml", b"")
+    write(HERE / "specs" / "masks_data_for_detection.yaml",
+          "task: detection\ndata: {format: masks, root: ../masks/_good, classes: [background, shape]}\n"
+          "model: {name: ssdlite320_mobilenet_v3_large}\n")
+    write(HERE / "specs" / "data_file_misspelt_key.yaml", "format: coco\nroot: ../coco\nimages: images\nclass: [a]\n")
     write(HERE / "specs" / "latin1.yaml", (base + "name: caf\xe9\n").encode("latin-1"))
 
 
@@ -131,6 +135,17 @@ def coco_files() -> None:
         "boolean_annotation_id": variant(lambda d: d["annotations"][0].update(id=True)),
         "segmentation_garbage": variant(lambda d: d["annotations"][0].update(bbox=None, segmentation="polygon")),
         "nested_too_deep": "[" * 5000,
+        "bbox_missing": variant(lambda d: d["annotations"][0].pop("bbox")),
+        "bbox_null": variant(lambda d: d["annotations"][0].update(bbox=None)),
+        "iscrowd_two": variant(lambda d: d["annotations"][0].update(iscrowd=2)),
+        "missing_annotations": variant(lambda d: d.pop("annotations")),
+        "duplicate_category_id": variant(lambda d: d["categories"].append({"id": 1, "name": "circle"})),
+        "zero_images": variant(lambda d: d.update(images=[], annotations=[])),
+        "top_level_null": "null",
+        "file_name_nul": variant(lambda d: d["images"][0].update(file_name="a\u0000.png")),
+        "category_id_fraction": variant(lambda d: d["annotations"][0].update(category_id=1.5)),
+        "image_id_huge": variant(lambda d: d["images"][0].update(id=10 ** 400)),
+        "width_negative": variant(lambda d: d["images"][0].update(width=-16)),
     }
     for name, text in cases.items():
         write(folder / f"{name}.json", text)
@@ -161,6 +176,9 @@ def voc_folders() -> None:
         "size_as_text": VOC_XML.replace("<width>16</width>", "<width>wide</width>"),
         "billion_laughs": f'<?xml version="1.0"?>\n<!DOCTYPE annotation [<!ENTITY l0 "ha">{laughs}]>\n'
                           "<annotation><filename>&l9;</filename></annotation>\n",
+        "external_dtd": '<?xml version="1.0"?>\n<!DOCTYPE annotation SYSTEM "http://example.com/voc.dtd">\n'
+                        + VOC_XML,
+        "empty_ymin": VOC_XML.replace("<ymin>2</ymin>", "<ymin></ymin>"),
         "external_entity": '<?xml version="1.0"?>\n<!DOCTYPE annotation [<!ENTITY secret SYSTEM "file:///etc/hostname">]>\n'
                            "<annotation><filename>&secret;</filename></annotation>\n",
     }
@@ -193,6 +211,21 @@ def image_folders() -> None:
         write(folder / name / "spec.yaml", detection_spec())
         write(folder / name / "annotations.json", coco([{"id": 1, "file_name": file_name, "width": 16, "height": 16}], ONE_BOX))
         write(folder / name / "images" / "a.png", valid_png)
+    three = [{"id": i, "file_name": f"{name}.png", "width": 16, "height": 16}
+             for i, name in enumerate("abc", start=1)]
+    write(folder / "empty_folder" / "spec.yaml", detection_spec())
+    write(folder / "empty_folder" / "annotations.json", coco(three, ONE_BOX))
+    (folder / "empty_folder" / "images").mkdir(parents=True, exist_ok=True)
+    write(folder / "empty_folder" / "images" / ".keep", b"")
+    write(folder / "wrong_folder" / "spec.yaml", detection_spec())
+    write(folder / "wrong_folder" / "annotations.json", coco(three, ONE_BOX))
+    for name in ("x", "y", "z"):
+        write(folder / "wrong_folder" / "images" / f"{name}.png", valid_png)
+    write(folder / "one_training_image" / "spec.yaml", detection_spec().replace("batch_size: 2", "batch_size: 4")
+          .replace("  splits: {val: {annotations: annotations.json}}\n",
+                   "  splits: {train: {annotations: annotations.json}, val: {annotations: annotations.json}}\n"))
+    write(folder / "one_training_image" / "annotations.json", coco(ONE_IMAGE, ONE_BOX))
+    write(folder / "one_training_image" / "images" / "a.png", valid_png)
     write(folder / "missing_folder" / "spec.yaml", detection_spec())
     write(folder / "missing_folder" / "annotations.json", coco(ONE_IMAGE, ONE_BOX))
 
@@ -215,8 +248,71 @@ def mask_folders() -> None:
     case("no_classes", "a.png", png(mode="L", value=1), spec=masks_spec().replace("  classes: [background, shape]\n", ""))
     case("ignore_index_is_a_class", "a.png", png(mode="L", value=1), spec=masks_spec(extra="  ignore_index: 1\n"))
     case("unpaired_names", "b.png", png(mode="L", value=1))
+    write(folder / "_good" / "images" / "a.png", png())
+    write(folder / "_good" / "masks" / "a.png", png(mode="L", value=1))
     write(folder / "missing_mask_folder" / "spec.yaml", masks_spec())
     write(folder / "missing_mask_folder" / "images" / "a.png", png())
+
+
+def finding_folders() -> None:
+    """Data that loads, which `cvtrain check` must report with its own code (or, for odd names, render literally)."""
+    folder = HERE / "findings"
+
+    def image_bytes(mode: str, exif_orientation: int | None = None, size=(16, 12)) -> bytes:
+        buffer = io.BytesIO()
+        image = Image.new(mode, size, 90 if mode in ("L", "I;16") else (90, 40, 160, 128)[: len(mode)])
+        if exif_orientation is None:
+            image.save(buffer, "PNG")
+        else:
+            exif = Image.Exif()
+            exif[0x0112] = exif_orientation
+            image.save(buffer, "JPEG", exif=exif)
+        return buffer.getvalue()
+
+    def detection(name: str, file_name: str, content: bytes, width: int = 16, height: int = 12,
+                  classes: list[str] = CLASSES) -> None:
+        images = [{"id": 1, "file_name": file_name, "width": width, "height": height}]
+        write(folder / name / "spec.yaml", detection_spec())
+        write(folder / name / "annotations.json", coco(images, ONE_BOX, classes=classes))
+        write(folder / name / "images" / file_name, content)
+
+    detection("rgba_image", "a.png", image_bytes("RGBA"))
+    detection("exif_rotated_jpeg", "a.jpg", image_bytes("RGB", exif_orientation=6))
+    # Declared 16x16, the file is 16x12: a size-mismatch finding names the file in the report.
+    detection("dollar_names", "$x$.png", image_bytes("RGB"), height=16, classes=["$\\alpha$", "disc", "$1 and $2"])
+    detection("script_names", "<script>a.png", image_bytes("RGB"), height=16,
+              classes=["<script>alert(1)</script>", "disc", "a&b"])
+    detection("undecodable_image", "a.jpg", b"this is not a picture\n")
+    detection("huge_coordinate", "a.png", image_bytes("RGB"))
+    huge = json.loads(coco([{"id": 1, "file_name": "a.png", "width": 16, "height": 12}], ONE_BOX))
+    huge["annotations"][0]["bbox"] = [2, 2, "HUGE", 8]  # a 309-digit integer: valid JSON, beyond any float
+    write(folder / "huge_coordinate" / "annotations.json", json.dumps(huge).replace('"HUGE"', "1" + "0" * 308))
+
+    def masks(name: str, mask: np.ndarray, extra: str = "") -> None:
+        write(folder / name / "spec.yaml", masks_spec(extra=extra))
+        write(folder / name / "images" / "a.png", png())
+        buffer = io.BytesIO()
+        Image.fromarray(mask).save(buffer, "PNG")
+        write(folder / name / "masks" / "a.png", buffer.getvalue())
+
+    sixteen = np.zeros((16, 16), np.uint16)
+    sixteen[4:12, 4:12] = 1
+    masks("mask_16_bit", sixteen)
+    masks("mask_all_ignore", np.full((16, 16), 255, np.uint8), extra="  ignore_index: 255\n")
+
+    voc_spec = ("task: detection\ndata:\n  format: voc\n  root: .\n  images: images\n  annotations: xml\n"
+                f"  classes: [{', '.join(CLASSES)}]\nmodel: {{name: ssdlite320_mobilenet_v3_large}}\n")
+    for name, xml in (("voc_size_missing", VOC_XML.replace(
+            "  <size><width>16</width><height>16</height><depth>3</depth></size>\n", "")),
+                      ("voc_size_zero", VOC_XML.replace("<width>16</width><height>16</height>",
+                                                        "<width>0</width><height>0</height>"))):
+        write(folder / name / "spec.yaml", voc_spec)
+        write(folder / name / "xml" / "a.xml", xml)
+        write(folder / name / "images" / "a.png", png())
+    write(folder / "voc_unannotated_images" / "spec.yaml", voc_spec)
+    write(folder / "voc_unannotated_images" / "xml" / "a.xml", VOC_XML)
+    for stem in ("a", "b", "c"):
+        write(folder / "voc_unannotated_images" / "images" / f"{stem}.png", png())
 
 
 def checkpoint_files() -> None:
@@ -272,7 +368,7 @@ def missing_folders() -> None:
 
 
 if __name__ == "__main__":
-    for name in ("specs", "coco", "voc", "images", "masks", "checkpoints", "missing"):
+    for name in ("specs", "coco", "voc", "images", "masks", "checkpoints", "missing", "findings"):
         shutil.rmtree(HERE / name, ignore_errors=True)
     specs()
     coco_files()
@@ -281,3 +377,4 @@ if __name__ == "__main__":
     mask_folders()
     checkpoint_files()
     missing_folders()
+    finding_folders()
