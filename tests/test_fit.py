@@ -219,3 +219,16 @@ def test_ddp_on_cpu_with_two_processes(tmp_path):
     checkpoint = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 2
     assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["last"]["mAP"] >= 0.0
+
+
+def test_a_last_batch_of_one_is_dropped_for_a_batchnorm_model(tmp_path):
+    """SSDlite's BatchNorm on 1x1 maps fails on one image ("Expected more than 1 value per channel"): with 5 training
+    images and batches of 4, the last batch of one is dropped instead of crashing; 6 images keep their batch of 2."""
+    for images, batches in ((7, 1), (8, 2)):  # val_fraction 0.25: 5 and 6 training images
+        spec = yaml.safe_load(tiny_spec(tmp_path).read_text())
+        spec["data"]["root"] = str(tmp_path / f"shapes-{images}")
+        spec["data"]["options"]["num_images"] = images
+        spec["train"]["max_epochs"] = 1
+        result = cvtrain.fit(spec, run_dir=tmp_path / f"run-{images}")
+        state = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
+        assert state["global_step"] == batches
