@@ -68,11 +68,20 @@ def test_resume_never_takes_an_override_for_a_checkpoint():
     assert parse_arguments(["fit", "-c", "s.yaml", "--resume-from", "a.ckpt", "b=2"]).resume == "a.ckpt"
 
 
-def test_a_word_that_is_neither_flag_nor_override_is_a_usage_error(capsys):
+@pytest.mark.parametrize(("argv", "line"), [
+    (["fit", "-c", "s.yaml", "a=1", "--run-dir", "r", "bogus"],
+     "error: cvtrain fit: 'bogus' is neither a flag nor a key=value override (overrides are written key=value, "
+     "e.g. train.max_epochs=3)"),
+    # argparse would take '--max-epoch' for '--max-epochs' and start training: abbreviations are refused
+    (["fit", "-c", "s.yaml", "--max-epoch", "3"], "error: cvtrain fit: unknown flag '--max-epoch' (did you mean "
+                                                  "'--max-epochs'?)"),
+    (["check", "--data", "d.yaml", "--outt", "x"], "error: cvtrain check: unknown flag '--outt' (did you mean '--out'?)"),
+])
+def test_a_word_that_is_neither_flag_nor_override_is_one_line(argv, line, capsys):
     with pytest.raises(SystemExit) as stop:
-        parse_arguments(["fit", "-c", "s.yaml", "a=1", "--run-dir", "r", "bogus"])
+        parse_arguments(argv)
     assert stop.value.code == 2
-    assert "unrecognized arguments: bogus (overrides are written key=value)" in capsys.readouterr().err
+    assert capsys.readouterr().err == line + "\n"
 
 
 @pytest.mark.parametrize(("flags", "expected"), [
