@@ -22,7 +22,7 @@ from typing import IO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cvtrain.errors import DataError
+from cvtrain.errors import DataError, shown
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # 16-bit and float greys
@@ -53,7 +53,8 @@ def inside_root(root: str | os.PathLike, name: str, what: str = "image") -> Path
         The resolved path (which may not exist).
 
     Raises:
-        DataError: an absolute path, a NUL byte, ``..`` leading out, or a symlink pointing outside ``root``.
+        DataError: an absolute path, a NUL byte, a lone surrogate, ``..`` leading out, or a symlink pointing
+            outside ``root``.
 
     >>> inside_root("/data/set", "images/a.jpg").as_posix().endswith("images/a.jpg")
     True
@@ -63,6 +64,11 @@ def inside_root(root: str | os.PathLike, name: str, what: str = "image") -> Path
     if "\x00" in text:
         raise DataError(f"{what} path {text!r} contains a NUL byte", where=str(base),
                         hint="file names inside the dataset cannot contain NUL")
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in JSON): no file can have that name
+        raise DataError(f"{what} path {shown(text)} is not valid Unicode (it holds a lone surrogate)", where=str(base),
+                        hint="write the file's real name, as UTF-8") from None
     normal = posixpath.normpath(text.replace("\\", "/"))
     if os.path.isabs(text) or normal == ".." or normal.startswith("../"):
         raise DataError(f"{what} path {text!r} escapes the dataset root", where=str(base),

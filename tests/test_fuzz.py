@@ -1,0 +1,335 @@
+"""Property-based tests (Hypothesis) of the dataset readers and the spec loader (issue 18).
+
+The property: any generated input either loads, or raises cvtrain's own error (a ``CvtrainError``: one line,
+printable, that names the file), never another exception. The inputs start from a small valid document and
+mutate it: fields deleted, retyped or replaced by odd values that are valid JSON/XML/YAML but out of the range
+the code expects (huge and negative numbers, NaN and infinities, booleans, nested lists, NUL bytes, surrogates).
+
+The generated datasets go through the same entry points ``cvtrain check`` and ``fit`` use (``build_index`` over
+the format registry, then the curation checks with image decoding off).
+
+Every example runs with ``derandomize=True``: the same inputs on every run, so CI is deterministic.
+``CVTRAIN_FUZZ_EXPLORE=<factor>`` runs random inputs, ``factor`` times as many, to hunt for new crashes.
+Each crash these tests found also has a plain regression test at the end of the file.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cvtrain.config.schema import ChecksConfig, DataConfig
+from cvtrain.curation.runner import run_checks
+from cvtrain.data.files import inside_root
+from cvtrain.data.loading import build_index
+from cvtrain.errors import CvtrainError, DataError
+
+EXPLORE = float(os.environ.get("CVTRAIN_FUZZ_EXPLORE", "0") or 0)
+CHECKS = ChecksConfig(decode_images=False, use_cache=False, workers=1)
+
+
+def fuzz(examples: int, **extra: Any):
+    """Hypothesis settings: ``examples`` fixed inputs (more, and random, under ``CVTRAIN_FUZZ_EXPLORE``)."""
+    return settings(max_examples=int(examples * EXPLORE) if EXPLORE else examples, deadline=None,
+                    derandomize=not EXPLORE, database=None, **extra)
+
+
+# ------------------------------------------------------------------ the property
+def assert_readable(error: CvtrainError, *where: str) -> None:
+    """A cvtrain error is one printable line, names the file, prints no huge number and no Python type name."""
+    text = str(error)
+    assert "\n" not in text, text
+    text.encode("utf-8")  # a lone surrogate would break the CLI's print
+    assert not re.search(r"\d{40,}", text), f"a huge number printed in full: {text[:300]}"
+    assert "NoneType" not in text, text
+    assert len(text) < 1500, text[:300]
+    if where:
+        assert any(w in text for w in where), f"{text!r} does not name {where}"
+
+
+@contextmanager
+def loads_or_refuses(*where: str):
+    """The block either runs, or raises a ``CvtrainError`` that passes ``assert_readable``."""
+    try:
+        yield
+    except CvtrainError as error:
+        assert_readable(error, *where)
+
+
+def check_everything(data: DataConfig, *where: str) -> None:
+    """``build_index`` (fit and check) then the curation checks and the report, as ``cvtrain check`` runs them.
+
+    numpy's RuntimeWarnings are errors here: ``cvtrain check`` would print them besides its report.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        _check_everything(data, *where)
+
+
+def _check_everything(data: DataConfig, *where: str) -> None:
+    try:
+        index = build_index(data)
+    except CvtrainError as error:
+        assert_readable(error, *where)
+        if isinstance(error, DataError):
+            report = run_checks(None, CHECKS, parse_error=error, progress=False)
+            report.error_lines()
+            report.to_json()
+        return
+    index.fingerprint()
+    index.summary()
+    report = run_checks(index, CHECKS, image_size=512, progress=False)
+    report.summary_table()
+    report.error_lines()
+    report.to_json()
+
+
+@pytest.fixture(scope="module")
+def scratch():
+    """One folder for the module; every example gets a fresh subfolder (Hypothesis does not reset fixtures)."""
+    folder = Path(tempfile.mkdtemp(prefix="cvtrain-fuzz-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def fresh(scratch: Path) -> Path:
+    """A new empty folder below ``scratch``."""
+    return Path(tempfile.mkdtemp(dir=scratch))
+
+
+# ------------------------------------------------------------------ odd values
+class Raw(str):
+    """JSON text written as it is (``1e309``, ``-0``, a 5000-digit integer): what ``json.dumps`` cannot write."""
+
+
+def to_json(value: Any) -> str:
+    """``json.dumps``, with ``Raw`` values written verbatim (NaN and Infinity as Python writes them)."""
+    if isinstance(value, Raw):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {to_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(to_json(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+ODD_NUMBERS = [0, -1, 1, 2**31, 2**53 + 1, 2**63 - 1, 2**63, -(2**63) - 1, 2**64, 10**30, 10**400, -(10**400),
+               0.5, -0.0, 1e-300, 1e300, -1e300, 640.0, math.nan, math.inf, -math.inf]
+RAW_NUMBERS = ["1e309", "-1e309", "1E400", "-0", "1e-400", "5e-324", "123456789" * 50, "-" + "9" * 5000, "1" * 4301,
+               "0.1e1", "1" + "0" * 400 + ".0"]
+ODD_TEXTS = ["", " ", "\x00", "a\x00b", "\ud800", "x\udfffy", "é", "日本", "\u202e", "NaN", "1e309", "../x", "/abs",
+             "a/", ".", "\\", "a" * 300, "None", "null", "true"]
+
+odd_number = st.one_of(st.sampled_from(ODD_NUMBERS), st.sampled_from(RAW_NUMBERS).map(Raw), st.integers(),
+                       st.floats(allow_nan=True, allow_infinity=True), st.booleans())
+odd_text = st.one_of(st.sampled_from(ODD_TEXTS), st.text(max_size=6))
+odd_scalar = st.one_of(st.none(), odd_number, odd_text)
+odd_value = st.recursive(odd_scalar, lambda inner: st.one_of(st.lists(inner, max_size=5),
+                                                             st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+                         max_leaves=8)
+
+
+def paths_of(tree: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every path (keys and list positions) into ``tree``, the root included."""
+    found = [prefix]
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            found += paths_of(value, prefix + (key,))
+    elif isinstance(tree, list):
+        for position, value in enumerate(tree):
+            found += paths_of(value, prefix + (position,))
+    return found
+
+
+def mutate(tree: Any, path: tuple, action: str, value: Any) -> Any:
+    """``tree`` with the node at ``path`` replaced, deleted, duplicated or wrapped in a list."""
+    if not path:
+        return value if action in ("replace", "delete") else [tree]
+    parent = tree
+    for step in path[:-1]:
+        parent = parent[step]
+    last = path[-1]
+    if action == "replace":
+        parent[last] = value
+    elif action == "delete":
+        del parent[last]
+    elif action == "wrap":
+        parent[last] = [parent[last]]
+    elif action == "duplicate" and isinstance(parent, list):
+        parent.insert(last, json.loads(json.dumps(parent[last])))
+    elif action == "duplicate":
+        parent[last] = value if not isinstance(parent[last], list) else parent[last] * 2
+    return tree
+
+
+def leaf_value(draw, old: Any) -> Any:
+    """An odd value of the same kind as ``old`` (a number for a number, a text for a text): likely still to load."""
+    if isinstance(old, (int, float)) and not isinstance(old, bool):
+        return draw(odd_number)
+    if isinstance(old, str):
+        return draw(odd_text)
+    return draw(odd_value)
+
+
+@st.composite
+def mutated(draw, base: Any, most: int = 3) -> Any:
+    """``base`` (deep-copied) with 1..``most`` mutations at drawn paths.
+
+    Most mutations change one leaf to an odd value of its own kind (so the document often still loads and the
+    checks run on it); the rest replace, delete, wrap or duplicate any node, the root included.
+    """
+    tree = json.loads(json.dumps(base))
+    for _ in range(draw(st.integers(1, most))):
+        paths = paths_of(tree)
+        if draw(st.integers(0, 9)) < 6:
+            leaves = [p for p in paths if p and not isinstance(node_at(tree, p), (dict, list))]
+            if leaves:
+                path = draw(st.sampled_from(leaves))
+                tree = mutate(tree, path, "replace", leaf_value(draw, node_at(tree, path)))
+                continue
+        path = draw(st.sampled_from(paths))
+        action = draw(st.sampled_from(["replace", "replace", "delete", "wrap", "duplicate"]))
+        tree = mutate(tree, path, action, draw(odd_value))
+    return tree
+
+
+def node_at(tree: Any, path: tuple) -> Any:
+    """The node of ``tree`` at ``path``."""
+    for step in path:
+        tree = tree[step]
+    return tree
+
+
+# -------------------------------------------------------------------------- COCO
+COCO = {
+    "images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48},
+               {"id": 2, "file_name": "sub/b.png", "width": 32, "height": 32}],
+    "annotations": [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 3, 20, 10], "area": 200, "iscrowd": 0,
+         "segmentation": [[2, 3, 22, 3, 22, 13, 2, 13]]},
+        {"id": 2, "image_id": 2, "category_id": 2, "bbox": [0, 0, 4, 4], "area": 16, "iscrowd": 1,
+         "segmentation": {"size": [32, 32], "counts": [0, 4, 28, 4, 28, 4, 28, 4, 924]}},
+        {"id": 3, "image_id": 2, "category_id": 1, "bbox": [10.5, 10, 5, 6.25], "area": 31.25, "iscrowd": 0},
+    ],
+    "categories": [{"id": 1, "name": "cat", "supercategory": "animal"}, {"id": 2, "name": "dog"}],
+}
+
+
+def coco_data(root: Path, text: str | bytes) -> DataConfig:
+    """A COCO dataset at ``root`` whose annotation file holds ``text``."""
+    (root / "images").mkdir(exist_ok=True)
+    (root / "annotations.json").write_bytes(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
+    return DataConfig(format="coco", root=root, annotations="annotations.json", images="images")
+
+
+def test_the_coco_base_document_loads(scratch):
+    index = build_index(coco_data(fresh(scratch), to_json(COCO)))
+    assert len(index.images) == 2 and len(index.annotations) == 3
+
+
+@fuzz(600)
+@given(document=mutated(COCO))
+def test_coco_documents_load_or_raise_a_cvtrain_error(document, scratch):
+    root = fresh(scratch)
+    check_everything(coco_data(root, to_json(document)), "annotations.json")
+
+
+@fuzz(150)
+@given(document=mutated(COCO, most=1), cut=st.integers(0, 400))
+def test_coco_text_cut_short_or_spliced_loads_or_raises(document, cut, scratch):
+    text = to_json(document)
+    root = fresh(scratch)
+    check_everything(coco_data(root, text[:cut] + text[cut * 2:]), "annotations.json")
+
+
+# ------------------------------------------------------- regression tests (COCO)
+def coco_refusal(root: Path, document: Any) -> str:
+    """The one-line error of reading ``document`` as a COCO file (fails when it loads)."""
+    with pytest.raises(DataError) as error:
+        build_index(coco_data(root, to_json(document)))
+    assert_readable(error.value, "annotations.json")
+    return str(error.value)
+
+
+def coco_with(path: tuple, value: Any) -> dict:
+    """The base COCO document with the value at ``path`` replaced."""
+    return mutate(json.loads(json.dumps(COCO)), path, "replace", value)
+
+
+@pytest.mark.parametrize(("path", "value", "fragment"), [
+    # ValueError (int() refuses more than 4300 digits) before
+    (("annotations", 0, "category_id"), Raw("7" * 5000),
+     "annotations[0] (id 1): 'category_id' is 1e+4999 (more than 64 bits), expected an integer"),
+    # OverflowError (float() of a 400-digit integer) before, in the reader or in the checks
+    (("images", 0, "width"), 10**400, "image id 1: 'width' is 1e+400 (more than 64 bits), expected an integer"),
+    (("images", 1, "height"), 1e300, "image id 2: 'height' is 1e+300, expected an integer"),
+    (("annotations", 2, "bbox", 0), 10**400, "annotation id 3: 'bbox' is [1e+400, 10, 5, 6.25], expected [x, y,"),
+    (("annotations", 2, "area"), -(10**400), "annotation id 3: 'area' is -1e+400, expected a number"),
+    (("categories", 1, "id"), 2**63, "categories[1] needs an integer 'id', not 9223372036854775808 (more than 64"),
+    (("images", 0, "id"), "1", "images[0] needs an integer 'id', not '1'"),
+    # the value was printed in full (a 400-digit number, a long nested list)
+    (("annotations", 0, "iscrowd"), 10**400, "annotation id 1: 'iscrowd' is 1e+400, expected 0 or 1"),
+    (("annotations", 0, "bbox"), [[1, 2, 3, 4, 5, 6, 7, 8]] * 20, "'bbox' is [[1, 2, 3, 4, 5, 6, ...], [1, 2, 3, 4,"),
+    # "NoneType" before
+    ((), None, "top level is null, expected an object with 'images' and 'categories'"),
+    (("images",), None, "'images' is null, expected a list"),
+    (("categories", 0), [1], "categories[0] needs an integer 'id', and is a list, not an object"),
+    # TypeError inside pycocotools before (an RLE without a box, whose size is not [height, width])
+    (("annotations", 1, "bbox"), None, None),
+], ids=["5000-digit-id", "400-digit-width", "1e300-height", "400-digit-bbox", "400-digit-area", "2**63-category-id",
+        "string-id", "400-digit-iscrowd", "long-bbox", "null-top-level", "null-images", "list-category",
+        "rle-without-bbox"])
+def test_coco_values_out_of_range_are_refused_in_one_line(path, value, fragment, tmp_path):
+    document = coco_with(path, value)
+    if fragment is None:  # the RLE case: no bbox, and a size pycocotools cannot take
+        document["annotations"][1]["segmentation"]["size"] = ["32", 32]
+        fragment = "annotation id 2: no 'bbox', and its RLE 'segmentation' (size ['32', 32]) cannot be decoded"
+    assert fragment in coco_refusal(tmp_path, document)
+
+
+def test_coco_polygon_coordinate_past_float_range_is_an_invalid_segmentation(tmp_path):
+    """OverflowError in ``polygon_columns`` before; now the polygon is reported by the checks."""
+    document = coco_with(("annotations", 0, "segmentation", 0, 1), 10**400)
+    index = build_index(coco_data(tmp_path, to_json(document)))
+    report = run_checks(index, CHECKS, progress=False)
+    assert [f.annotation_id for f in report.by_code("segmentation.invalid")] == [1]
+
+
+def test_coco_ids_and_sizes_past_int64_in_a_file_msgspec_reads_are_refused(tmp_path):
+    """msgspec decodes integers of any size: 2**64 as a width reached the checks (OverflowError in numpy) before."""
+    document = coco_with(("images", 0, "width"), 2**64)
+    assert "image id 1: 'width' is 18446744073709551616 (more than 64 bits)" in coco_refusal(tmp_path, document)
+
+
+def test_a_file_name_with_a_lone_surrogate_is_refused_where_it_is_opened(tmp_path):
+    """UnicodeEncodeError (in the fingerprint, and where the file is opened) before."""
+    document = coco_with(("images", 0, "file_name"), "a\ud800.jpg")
+    index = build_index(coco_data(tmp_path, to_json(document)))
+    index.fingerprint()
+    report = run_checks(index, CHECKS, progress=False)
+    assert report.by_code("file.outside_root")
+    with pytest.raises(DataError) as error:
+        inside_root(tmp_path, index.images[0].file_name)
+    assert "image path 'images/a\\ud800.jpg' is not valid Unicode (it holds a lone surrogate)" in str(error.value)
+
+
+def test_checks_print_no_numpy_warnings_on_zero_and_infinite_sizes(tmp_path):
+    """Zero heights, tiny and infinite box sides: numpy warned (divide by zero, overflow) while checking before."""
+    document = coco_with(("images", 0, "height"), 0)
+    document["annotations"][2]["bbox"][3] = Raw("5e-324")
+    document["annotations"][0]["segmentation"][0][3] = Raw("1e309")
+    index = build_index(coco_data(tmp_path, to_json(document)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        run_checks(index, CHECKS, image_size=512, progress=False)
