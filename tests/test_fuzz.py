@@ -92,6 +92,9 @@ def _check_everything(data: DataConfig, *where: str) -> None:
     report = run_checks(index, CHECKS, image_size=512, progress=False)
     report.summary_table()
     report.error_lines()
+    for finding in report.findings:  # numbers the checks print (names they quote, digits or not, are the user's)
+        unquoted = re.sub(r"'[^']*'|\"[^\"]*\"", "", finding.message)
+        assert not re.search(r"\d{40,}", unquoted), f"a huge number printed in full: {finding.message[:300]}"
     report.to_json()
 
 
@@ -333,3 +336,99 @@ def test_checks_print_no_numpy_warnings_on_zero_and_infinite_sizes(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         run_checks(index, CHECKS, image_size=512, progress=False)
+
+
+# --------------------------------------------------------------------------- VOC
+VOC = """<annotation>
+  <folder>VOC2012</folder>
+  <filename>a.jpg</filename>
+  <size><width>64</width><height>48</height><depth>3</depth></size>
+  <object>
+    <name>cat</name><pose>Left</pose><truncated>0</truncated><difficult>0</difficult>
+    <bndbox><xmin>2</xmin><ymin>3</ymin><xmax>20</xmax><ymax>12</ymax></bndbox>
+  </object>
+  <object>
+    <name>dog</name><difficult>1</difficult>
+    <bndbox><xmin>10.5</xmin><ymin>4</ymin><xmax>30</xmax><ymax>40</ymax></bndbox>
+  </object>
+</annotation>"""
+VOC_TEXTS = ["", " ", "abc", "1e309", "-1e309", "1" * 5000, "-5", "0", "0.0", "-0", "nan", "NaN", "inf", "-Infinity",
+             "1_000", "0x10", " 12 ", "12px", "١٢", "1e-400", "9" * 30, "é", "日本", "\u202e", "a" * 300, "../x.jpg",
+             "/abs.jpg", "a\x00b", "\ud800"]
+
+
+@st.composite
+def voc_documents(draw) -> bytes:
+    """The VOC base file with 1..3 elements retyped (odd text), removed, emptied or duplicated."""
+    import copy
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(VOC)
+    for _ in range(draw(st.integers(1, 3))):
+        parents = {child: parent for parent in root.iter() for child in parent}
+        element = draw(st.sampled_from(list(parents)))
+        action = draw(st.sampled_from(["text", "text", "text", "remove", "empty", "duplicate"]))
+        if action == "text":
+            element.text = draw(st.one_of(st.sampled_from(VOC_TEXTS), st.text(max_size=8)))
+        elif action == "remove":
+            parents[element].remove(element)
+        elif action == "empty":
+            element.text = None
+            for child in list(element):
+                element.remove(child)
+        else:
+            parents[element].append(copy.deepcopy(element))
+    if draw(st.integers(0, 19)) == 0:
+        root.tag = draw(st.sampled_from(["annotations", "Annotation", "a"]))
+    # NUL bytes and lone surrogates go into the file as they are: not XML, or not UTF-8
+    return ET.tostring(root, encoding="unicode").encode("utf-8", "surrogatepass")
+
+
+def voc_data(root: Path, files: dict[str, bytes]) -> DataConfig:
+    """A VOC dataset at ``root`` whose Annotations folder holds ``files``."""
+    (root / "Annotations").mkdir()
+    (root / "JPEGImages").mkdir()
+    for name, data in files.items():
+        (root / "Annotations" / name).write_bytes(data)
+    return DataConfig(format="voc", root=root)
+
+
+def test_the_voc_base_file_loads(scratch):
+    index = build_index(voc_data(fresh(scratch), {"a.xml": VOC.encode()}))
+    assert index.class_names == ["cat", "dog"] and len(index.annotations) == 2
+
+
+@fuzz(400)
+@given(document=voc_documents())
+def test_voc_files_load_or_raise_a_cvtrain_error(document, scratch):
+    root = fresh(scratch)
+    check_everything(voc_data(root, {"a.xml": document, "b.xml": VOC.encode()}), "a.xml")
+
+
+# -------------------------------------------------------- regression tests (VOC)
+def voc_with(tag: str, text: str) -> bytes:
+    """The base VOC file with the first ``<tag>``'s text replaced."""
+    return re.sub(rf"<{tag}>[^<]*</{tag}>", f"<{tag}>{text}</{tag}>", VOC, count=1).encode()
+
+
+@pytest.mark.parametrize(("tag", "text", "fragment"), [
+    ("width", "1e309", "a.xml: size is '1e309' x '48', expected integers"),  # OverflowError before (int(inf))
+    ("height", "-Infinity", "a.xml: size is '64' x '-Infinity', expected integers"),  # OverflowError before
+    ("width", "1" * 5000, "a.xml: size is '111111111111111111111111111...1111111111111111111111111111' x '48'"),
+    ("width", "1e30", "a.xml: size is '1e30' x '48', expected integers"),  # a 31-digit width before
+    ("width", "nan", "a.xml: size is 'nan' x '48', expected integers"),
+    ("xmin", "x" * 300, "a.xml: bndbox/xmin is 'xxxxxxxxxxxxxxxxxxxxxxxxxxx...xxxxxxxxxxxxxxxxxxxxxxxxxxxx', expected"),
+], ids=["1e309-width", "-inf-height", "5000-digit-width", "1e30-width", "nan-width", "long-xmin"])
+def test_voc_values_out_of_range_are_refused_in_one_line(tag, text, fragment, tmp_path):
+    with pytest.raises(DataError) as error:
+        build_index(voc_data(tmp_path, {"a.xml": voc_with(tag, text)}))
+    assert_readable(error.value, "a.xml")
+    assert fragment in str(error.value)
+
+
+def test_check_messages_abbreviate_huge_coordinates(tmp_path):
+    """``box.outside_image`` printed a 260-digit distance for a box 5e259 px wide before."""
+    document = coco_with(("annotations", 0, "bbox", 2), 5.089918553341443e+259)
+    report = run_checks(build_index(coco_data(tmp_path, to_json(document))), CHECKS, progress=False)
+    [finding] = report.by_code("box.outside_image")
+    assert "box [2, 3, 5.08992e+259, 10] reaches 5.09e+259 px past the 64x48 image" == finding.message
