@@ -25,9 +25,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from cvtrain.config.schema import ChecksConfig, DataConfig
 from cvtrain.curation.runner import run_checks
@@ -432,3 +434,134 @@ def test_check_messages_abbreviate_huge_coordinates(tmp_path):
     report = run_checks(build_index(coco_data(tmp_path, to_json(document))), CHECKS, progress=False)
     [finding] = report.by_code("box.outside_image")
     assert "box [2, 3, 5.08992e+259, 10] reaches 5.09e+259 px past the 64x48 image" == finding.message
+
+
+# ------------------------------------------------------------------------- masks
+MASK_CLASSES = ["background", "road", "car"]
+PALETTE = {0: [0, 0, 0], 1: [128, 64, 128], 2: [0, 0, 142]}
+MASK_MODES = ["L", "P", "I;16", "I", "F", "RGB", "RGBA", "1", "LA", "broken"]
+
+
+@st.composite
+def mask_files(draw) -> tuple[bytes, str, tuple[int, int]]:
+    """``(file bytes, suffix, image size)``: a mask of a drawn mode, size and values, or a broken file."""
+    import io
+
+    mode = draw(st.sampled_from(MASK_MODES))
+    width, height = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    image_size = (width, height) if draw(st.integers(0, 4)) else (draw(st.integers(1, 9)), draw(st.integers(1, 9)))
+    if mode == "broken":
+        data = draw(st.sampled_from([b"", b"not an image", b"\x89PNG\r\n\x1a\n" + b"\x00" * 20]))
+        return data, ".png", image_size
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    values = draw(st.sampled_from(["classes", "ignore", "wide", "extreme"]))
+    if mode in ("RGB", "RGBA", "LA"):
+        channels = {"RGB": 3, "RGBA": 4, "LA": 2}[mode]
+        if values == "classes":
+            colours = np.array([PALETTE[k] + [255] for k in range(3)], np.uint8)[:, :channels]
+            array = colours[rng.integers(0, 3, (height, width))]
+        else:
+            array = rng.integers(0, 256, (height, width, channels)).astype(np.uint8)
+        image = Image.fromarray(array, mode)
+    else:
+        low, high = {"classes": (0, 3), "ignore": (0, 4), "wide": (0, 300),
+                     "extreme": {"I": (-(2**31), 2**31 - 1), "I;16": (0, 65535)}.get(mode, (0, 255))}[values]
+        array = rng.integers(low, high, (height, width), dtype=np.int64, endpoint=values == "extreme")
+        if values == "ignore":
+            array[array == 3] = 255
+        if mode == "1":
+            image = Image.fromarray(array.astype(bool))
+        elif mode == "F":
+            floats = array.astype(np.float32)
+            if values == "extreme":
+                floats.ravel()[: 3] = [np.nan, np.inf, -1.5][: floats.size]
+            image = Image.fromarray(floats, "F")
+        elif mode in ("I", "I;16"):
+            image = Image.fromarray(array.astype(np.int32 if mode == "I" else np.uint16))
+        else:
+            image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), "L")
+            if mode == "P":
+                image = image.convert("P")
+                image.putpalette([v for k in range(256) for v in PALETTE.get(k, [k, k, k])])
+    out = io.BytesIO()
+    suffix = ".tif" if mode in ("I", "F") else ".png"  # PNG holds neither 32-bit integers nor floats
+    image.save(out, format="TIFF" if suffix == ".tif" else "PNG")
+    return out.getvalue(), suffix, image_size
+
+
+def masks_data(root: Path, mask: bytes, suffix: str, image_size: tuple[int, int], *, palette: bool,
+               ignore_index: int | None) -> DataConfig:
+    """A ``format: masks`` dataset at ``root``: one image with the given mask, one with a valid mask."""
+    for folder in ("images", "masks"):
+        (root / folder).mkdir()
+    Image.new("RGB", image_size, (10, 20, 30)).save(root / "images" / "a.png")
+    Image.new("RGB", (4, 3)).save(root / "images" / "b.jpg")
+    (root / "masks" / f"a{suffix}").write_bytes(mask)
+    Image.new("L", (4, 3), 1).save(root / "masks" / "b.png")
+    return DataConfig(format="masks", root=root, classes=MASK_CLASSES, ignore_index=ignore_index,
+                      palette=PALETTE if palette else None, val_fraction=0.0)
+
+
+MASK_CHECKS = ChecksConfig(decode_images=True, use_cache=False, workers=1)  # mask values are read when decoding
+
+
+def read_every_mask(data: DataConfig) -> None:
+    """The training path: every item of the ``SegmentationDataset``, then the class pixel statistics."""
+    from cvtrain.data.segmentation import SegmentationDataset, class_pixel_statistics
+
+    try:
+        index = build_index(data)
+    except CvtrainError as error:
+        assert_readable(error)
+        return
+    dataset = SegmentationDataset(index, palette=data.palette)
+    for position in range(len(dataset)):
+        with loads_or_refuses(index.images[position].mask_file or ""):
+            dataset[position]
+    with loads_or_refuses():
+        class_pixel_statistics(index, data.palette)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        report = run_checks(index, MASK_CHECKS, progress=False)
+    report.error_lines()
+    report.to_json()
+
+
+def test_a_valid_mask_loads(scratch):
+    root = fresh(scratch)
+    mask = np.array([[0, 1, 2], [2, 1, 0]], np.uint8)
+    import io
+
+    out = io.BytesIO()
+    Image.fromarray(mask, "L").save(out, format="PNG")
+    index = build_index(masks_data(root, out.getvalue(), ".png", (3, 2), palette=False, ignore_index=None))
+    assert len(index.images) == 2
+    read_every_mask(masks_data(fresh(scratch), out.getvalue(), ".png", (3, 2), palette=False, ignore_index=None))
+
+
+@fuzz(120)
+@given(mask=mask_files(), palette=st.booleans(), ignore_index=st.sampled_from([None, 255, 3, 65535]))
+def test_masks_load_or_raise_a_cvtrain_error(mask, palette, ignore_index, scratch):
+    data, suffix, image_size = mask
+    read_every_mask(masks_data(fresh(scratch), data, suffix, image_size, palette=palette, ignore_index=ignore_index))
+
+
+# ------------------------------------------------------ regression tests (masks)
+def test_a_32_bit_mask_with_a_huge_value_is_refused_without_allocating_its_range(tmp_path):
+    """np.bincount over a value near 2**31 allocated 16 GiB of counters before (MemoryError, or the OOM killer),
+    in training's read_mask and in the checks' mask decoding."""
+    import io
+
+    from cvtrain.data.segmentation import SegmentationDataset
+
+    array = np.array([[0, 1, 2**31 - 1], [2, -0, 1]], np.int32)
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format="TIFF")
+    data = masks_data(tmp_path, out.getvalue(), ".tif", (3, 2), palette=False, ignore_index=None)
+    index = build_index(data)
+    with pytest.raises(DataError) as error:
+        SegmentationDataset(index)[0]
+    assert "a.tif: mask values 2147483647 (1 px) are neither classes 0..2 nor ignore_index None" in str(error.value)
+    report = run_checks(index, MASK_CHECKS, progress=False)
+    [finding] = report.by_code("mask.unknown_value")
+    assert finding.message.startswith("mask values 2147483647 (1 px) are not declared classes [0, 1, 2]")
