@@ -31,11 +31,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from cvtrain.config import load_config
+from cvtrain.config.load import load_data_description
 from cvtrain.config.schema import ChecksConfig, DataConfig
 from cvtrain.curation.runner import run_checks
 from cvtrain.data.files import inside_root
 from cvtrain.data.loading import build_index
-from cvtrain.errors import CvtrainError, DataError
+from cvtrain.errors import ConfigError, CvtrainError, DataError
 
 EXPLORE = float(os.environ.get("CVTRAIN_FUZZ_EXPLORE", "0") or 0)
 CHECKS = ChecksConfig(decode_images=False, use_cache=False, workers=1)
@@ -243,7 +245,7 @@ def test_the_coco_base_document_loads(scratch):
     assert len(index.images) == 2 and len(index.annotations) == 3
 
 
-@fuzz(600)
+@fuzz(1000)
 @given(document=mutated(COCO))
 def test_coco_documents_load_or_raise_a_cvtrain_error(document, scratch):
     root = fresh(scratch)
@@ -400,7 +402,7 @@ def test_the_voc_base_file_loads(scratch):
     assert index.class_names == ["cat", "dog"] and len(index.annotations) == 2
 
 
-@fuzz(400)
+@fuzz(600)
 @given(document=voc_documents())
 def test_voc_files_load_or_raise_a_cvtrain_error(document, scratch):
     root = fresh(scratch)
@@ -539,7 +541,7 @@ def test_a_valid_mask_loads(scratch):
     read_every_mask(masks_data(fresh(scratch), out.getvalue(), ".png", (3, 2), palette=False, ignore_index=None))
 
 
-@fuzz(120)
+@fuzz(250)
 @given(mask=mask_files(), palette=st.booleans(), ignore_index=st.sampled_from([None, 255, 3, 65535]))
 def test_masks_load_or_raise_a_cvtrain_error(mask, palette, ignore_index, scratch):
     data, suffix, image_size = mask
@@ -565,3 +567,180 @@ def test_a_32_bit_mask_with_a_huge_value_is_refused_without_allocating_its_range
     report = run_checks(index, MASK_CHECKS, progress=False)
     [finding] = report.by_code("mask.unknown_value")
     assert finding.message.startswith("mask values 2147483647 (1 px) are not declared classes [0, 1, 2]")
+
+
+# ------------------------------------------------------------------- spec loader
+SPEC = {
+    "task": "detection",
+    "data": {"format": "coco", "root": "data", "annotations": "train.json", "classes": ["cat", "dog"],
+             "splits": {"val": {"annotations": "val.json", "list": "val.txt"}}, "val_fraction": 0.2,
+             "palette": {0: [0, 0, 0], 1: [255, 0, 0]}, "options": {"image_suffix": "_x"}},
+    "model": {"name": "fasterrcnn_mobilenet_v3_large_fpn", "weights": "DEFAULT", "trainable_backbone_layers": 3},
+    "train": {"max_epochs": 2, "batch_size": 4, "image_size": 320,
+              "optimizer": {"name": "sgd", "lr": 0.02, "momentum": 0.9},
+              "scheduler": {"name": "multistep", "milestones": [0.6, 0.8], "gamma": 0.1}},
+    "augment": {"hflip": 0.5, "scale": [0.75, 1.25]},
+    "checks": {"severity_overrides": {"box.tiny_at_input_size": "off"}, "min_image_side": 8},
+    "tests": {"flip": {"min_agreement": 0.9}, "brightness": {"factors": [0.8, 1.2]}},
+}
+YAML_SNIPPETS = ["~", "null", "yes", "off", ".nan", "-.inf", ".Inf", "1" * 5000, "-" + "9" * 400, "1e309", "0x_1F",
+                 "0o777", "1_000", "0b101", "2024-01-01", "2001-12-14t21:59:43.10-05:00", "!!binary aGVsbG8=",
+                 "!!set {a, b}", "!!str 12", "!!int '7'", "!!float '1e400'", "!!python/object:os.system ls",
+                 "!!python/name:os.system", "!custom x", "*undefined", "&a [*a]", "[1, [2, [3, [4]]]]",
+                 "{a: {b: {c: d}}}", "'\\0'", '"\\ud800"', '"\\x00"', '"\\U0010FFFF"', "|\n  text", "[", "{a: 1, a: 2}",
+                 "'" + "a" * 300 + "'", "=", "..", "a.b", "[]", "{}"]
+YAML_KEYS = ["1", "null", "~", "true", "1.5", ".nan", "[1, 2]", "{a: b}", "''", "'a.b'", "'\\u00e9'", "<<",
+             "'" + "k" * 200 + "'"]
+
+
+def to_yaml(value: Any) -> str:
+    """Flow-style YAML (JSON is YAML); ``Raw`` values and keys written verbatim."""
+    if isinstance(value, Raw):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{to_yaml(k) if isinstance(k, Raw) else json.dumps(str(k))}: {to_yaml(v)}"
+                               for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(to_yaml(v) for v in value) + "]"
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"nan": ".nan", "inf": ".inf", "-inf": "-.inf"}[str(value)]
+    return json.dumps(value)
+
+
+yaml_value = st.one_of(odd_value, st.sampled_from(YAML_SNIPPETS).map(Raw))
+python_key = st.one_of(st.text(max_size=6), st.integers(), st.none(), st.booleans(), st.floats(allow_nan=True),
+                       st.tuples(st.integers()), st.sampled_from(["", ".", "a.b", "\x00", "\ud800"]))
+
+
+@st.composite
+def spec_trees(draw, raw_keys: bool) -> dict:
+    """The base spec with 1..4 mutations: odd values (YAML snippets when ``raw_keys``), odd keys added or renamed."""
+    tree = json.loads(json.dumps(SPEC))
+    tree["data"]["palette"] = {0: [0, 0, 0], 1: [255, 0, 0]}  # int keys, as YAML gives them
+    for _ in range(draw(st.integers(1, 4))):
+        paths = [p for p in paths_of(tree) if p]
+        path = draw(st.sampled_from(paths))
+        action = draw(st.sampled_from(["replace", "replace", "replace", "delete", "wrap", "key"]))
+        if action == "key":
+            parent = node_at(tree, path[:-1])
+            if isinstance(parent, dict):
+                key = draw(st.sampled_from(YAML_KEYS).map(Raw) if raw_keys else python_key)
+                parent[key] = parent.pop(path[-1])
+            continue
+        value = draw(yaml_value if raw_keys else odd_value)
+        tree = mutate(tree, path, action, value)
+    return tree
+
+
+def test_the_base_spec_loads():
+    assert load_config(SPEC).model.name == SPEC["model"]["name"]
+
+
+@fuzz(500)
+@given(tree=spec_trees(raw_keys=False))
+def test_spec_dicts_give_a_config_or_a_config_error(tree):
+    with loads_or_refuses():
+        load_config(tree)
+
+
+@fuzz(400)
+@given(tree=spec_trees(raw_keys=True))
+def test_spec_files_give_a_config_or_a_config_error(tree, scratch):
+    path = fresh(scratch) / "spec.yaml"
+    path.write_bytes(to_yaml(tree).encode("utf-8", "surrogatepass"))
+    with loads_or_refuses("spec.yaml"):
+        load_config(path)
+    data = path.with_name("data.yaml")
+    data.write_bytes(to_yaml(tree.get("data", tree)).encode("utf-8", "surrogatepass"))
+    with loads_or_refuses("data.yaml"):
+        load_data_description(data)
+
+
+OVERRIDE_KEYS = ["train.lr", "train.optimizer.lr", "data.classes", "data.palette.0", "data.splits.val.list", "model",
+                 "model.name.x", "checks.severity_overrides.x", "data.root", "train..lr", ".", "train.", "=", "a" * 200,
+                 "data.options.k", "train.max_epochs", "tests.flip", "name", "run_dir", "sweep.x"]
+override_key = st.one_of(st.sampled_from(OVERRIDE_KEYS), st.text(max_size=12))
+override_value = st.one_of(st.sampled_from(YAML_SNIPPETS), st.text(max_size=12),
+                           odd_value.map(to_yaml))
+
+
+@fuzz(500)
+@given(overrides=st.lists(st.tuples(override_key, st.sampled_from(["=", " = ", "", "=="]), override_value),
+                          min_size=1, max_size=3))
+def test_overrides_give_a_config_or_a_config_error(overrides):
+    texts = [key + sep + value for key, sep, value in overrides]
+    with loads_or_refuses():
+        load_config(SPEC, texts)
+
+
+# ---------------------------------------------------- regression tests (spec loader)
+def spec_text(**replaced: str) -> str:
+    """The base spec as block YAML, with ``section.key: <raw YAML>`` lines replaced or added."""
+    import yaml
+
+    lines = yaml.safe_dump(SPEC, sort_keys=False).splitlines()
+    for dotted, raw in replaced.items():
+        section, key = dotted.split("__")
+        start = lines.index(f"{section}:")
+        lines.insert(start + 1, f"  {key}: {raw}")
+        lines = [line for position, line in enumerate(lines)
+                 if not (position > start + 1 and line.startswith(f"  {key}:") and position < start + 40)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(("replaced", "fragment"), [
+    # ValueError (int() refuses more than 4300 digits) before
+    ({"train__max_epochs": "1" * 5000},
+     "spec.yaml:30:15: invalid YAML: '111111111111111111111111111...1111111111111111111111111111' is not a valid int "
+     "(more than 4300 digits)"),
+    # ValueError, KeyError, AttributeError from PyYAML's constructors before
+    ({"data__split_seed": "2024-13-45"},
+     "spec.yaml:3:15: invalid YAML: '2024-13-45' is not a valid timestamp (month must be in 1..12)"),
+    ({"train__max_epochs": "!!bool maybe"}, "spec.yaml:30:15: invalid YAML: 'maybe' is not a valid bool (not in its"),
+    ({"train__max_epochs": "!!timestamp soon"}, "spec.yaml:30:15: invalid YAML: 'soon' is not a valid timestamp"),
+    ({"train__max_epochs": "!!int 0x"}, "spec.yaml:30:15: invalid YAML: '0x' is not a valid int (not in its format)"),
+    # "refused YAML tag: found unhashable key" before
+    ({"data__options": "{[1, 2]: x}"}, "invalid YAML: found unhashable key"),
+    # ValueError (embedded null byte) from Path.resolve before
+    ({"data__root": '"a\\0b"'}, "spec.yaml: data.root 'a\\x00b' is not a path (it holds a NUL byte or a lone surr"),
+    # printed in full before: 401 digits, a 5000-character name
+    ({"model__trainable_backbone_layers": "-" + "9" * 400},
+     "spec.yaml:26: 'model.trainable_backbone_layers' = -1e+400: Input should be greater than or equal to 0"),
+    ({"model__name": "m" * 5000}, "'model.name' = 'mmmmmmmmmmmmmmmmmmmmmmmmmmm...mmmmmmmmmmmmmmmmmmmmmmmmmmmm': "
+                                  "unknown model 'mmmmmmmmmmmmmmmmmmmmmmmmmmm...mmmmmmmmmmmmmmmmmmmmmmmmmmmm'"),
+], ids=["5000-digit-int", "month-13", "bool-maybe", "timestamp-soon", "int-0x", "unhashable-key", "nul-root",
+        "400-digit-layers", "long-model-name"])
+def test_spec_values_out_of_range_are_refused_in_one_line(replaced, fragment, tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec_text(**replaced), encoding="utf-8")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert_readable(error.value, "spec.yaml")
+    assert fragment in str(error.value)
+
+
+@pytest.mark.parametrize(("override", "fragment"), [
+    ("function-=1", "override 'function-=1': unknown key 'function-'"),  # IndexError in explain before
+    ("data.root=a\x00b", "override 'data.root=a\\x00b': data.root 'a\\x00b' is not a path"),  # ValueError before
+    ("train.max_epochs=" + "1" * 5000,  # ValueError (4300 digits) before; now the text, as any non-YAML value
+     "'train.max_epochs' = '111111111111111111111111111...1111111111111111111111111111': Unable to parse input"),
+    ("a\nb=1", "unknown key 'a\\nb'"),  # the newline was printed as it is (two lines) before
+    ("x" * 300, "override 'xxxxxxxxxxxxxxxxxxxxxxxxxxx...xxxxxxxxxxxxxxxxxxxxxxxxxxxx' is not key=value"),
+], ids=["function-key", "nul-root", "5000-digit-value", "newline-key", "long-override"])
+def test_odd_overrides_are_refused_in_one_line(override, fragment):
+    with pytest.raises(ConfigError) as error:
+        load_config(SPEC, [override])
+    assert_readable(error.value)
+    assert fragment in str(error.value)
+
+
+def test_yolo_data_yaml_with_an_impossible_date_is_a_data_error(tmp_path):
+    """The YOLO reader's data.yaml goes through the same loader (ValueError from PyYAML before)."""
+    from cvtrain.data.formats.textfiles import read_yaml_with_lines
+
+    path = tmp_path / "data.yaml"
+    path.write_text("path: .\ntrain: images\nnames: {0: 2024-02-30}\n", encoding="utf-8")
+    with pytest.raises(DataError) as error:
+        read_yaml_with_lines(path)
+    assert "data.yaml:3:12: invalid YAML: '2024-02-30' is not a valid timestamp (day is out of range for month)" in \
+        str(error.value)
