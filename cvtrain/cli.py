@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import re
 import sys
 from pathlib import Path
@@ -59,9 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cvtrain", description="Config-driven training for detection and segmentation.", allow_abbrev=False
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    # No abbreviations: argparse would read '--max-epoch 3' as '--max-epochs 3' and start training
+    verb_parser = functools.partial(argparse.ArgumentParser, allow_abbrev=False)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=verb_parser)
 
-    fit = commands.add_parser("fit", allow_abbrev=False, help="train from a spec")
+    fit = commands.add_parser("fit", help="train from a spec")
     _common(fit, spec_required=True)
     _runtime(fit)
     fit.add_argument("--run-dir", help="run directory (default runs/<spec name>[-N])")
@@ -79,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--overwrite", action="store_true", help="reuse an existing --run-dir, replacing its run")
     fit.add_argument("--skip-checks", action="store_true", help="train without checking the dataset first")
 
-    sweep = commands.add_parser("sweep", allow_abbrev=False, help="search hyperparameters with Optuna, each trial a fit (docs/sweep.md)")
+    sweep = commands.add_parser("sweep", help="search hyperparameters with Optuna, each trial a fit (docs/sweep.md)")
     _common(sweep, spec_required=True)
     sweep.add_argument("--trials", type=int, required=True,
                        help="trials with an outcome the study should hold; rerun the command to continue it")
@@ -99,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--max-steps", type=int)
     sweep.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by --parallel in its workers
 
-    check = commands.add_parser("check", allow_abbrev=False, help="check a dataset: label sanity, class balance, leakage, files")
+    check = commands.add_parser("check", help="check a dataset: label sanity, class balance, leakage, files")
     check.add_argument("-c", "--config", help="YAML spec whose dataset and checks section to use")
     check.add_argument("--data", help="dataset description YAML (alone, or replacing the spec's data section)")
     check.add_argument("overrides", nargs="*", metavar="key=value",
@@ -108,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--overwrite", action="store_true", help="replace what a non-empty --out holds")
     check.add_argument("--debug", action="store_true", help="show tracebacks")
 
-    evaluate = commands.add_parser("evaluate", allow_abbrev=False, help="score a checkpoint: COCO stats by pycocotools, or mIoU")
+    evaluate = commands.add_parser("evaluate", help="score a checkpoint: COCO stats by pycocotools, or mIoU")
     _common(evaluate, spec_required=False)
     _runtime(evaluate)
     _model_source(evaluate, required=False)  # or --compare CKPT_A CKPT_B
@@ -125,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                       "(0: none)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the resamples and of the corruption noise")
 
-    test = commands.add_parser("test", allow_abbrev=False, help="run the spec's model tests (flip, brightness, background, removal, "
+    test = commands.add_parser("test", help="run the spec's model tests (flip, brightness, background, removal, "
                                             "corruption, slices); exit 1 when one fails")
     _common(test, spec_required=False)
     test.add_argument("--checkpoint", required=True)
@@ -133,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--out", help="folder for tests.json, junit.xml, tests.html (default <run>/test-<split>)")
     test.add_argument("--accelerator", help="cpu or gpu")
 
-    audit = commands.add_parser("audit", allow_abbrev=False, help="find label errors with fold models: swapped, badly located, missing, "
+    audit = commands.add_parser("audit", help="find label errors with fold models: swapped, badly located, missing, "
                                               "spurious annotations")
     _common(audit, spec_required=False)
     _runtime(audit)
@@ -148,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--overwrite", action="store_true", help="write into a used --out, training every fold again")
     audit.add_argument("--skip-checks", action="store_true", help="audit without checking the dataset first")
 
-    predict = commands.add_parser("predict", allow_abbrev=False, help="predict on an image or a folder")
+    predict = commands.add_parser("predict", help="predict on an image or a folder")
     _common(predict, spec_required=False)
     _model_source(predict)
     predict.add_argument("--source", required=True, help="image file or folder")
@@ -157,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--accelerator", help="cpu or gpu")
     predict.add_argument("--overwrite", action="store_true", help="replace what a non-empty --out holds")
 
-    convert = commands.add_parser("convert", allow_abbrev=False, help="write a dataset as COCO, VOC, YOLO or KITTI")
+    convert = commands.add_parser("convert", help="write a dataset as COCO, VOC, YOLO or KITTI")
     convert.add_argument("--data", required=True, help="dataset description YAML (or a spec) of the input")
     convert.add_argument("--to", required=True, choices=["coco", "voc", "yolo", "kitti"], help="format to write")
     convert.add_argument("--out", required=True, help="new or empty output folder")
@@ -167,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--segments", action="store_true", help="YOLO: write polygons as segmentation lines")
     convert.add_argument("overrides", nargs="*", metavar="key=value", help="data.* overrides of the input description")
     convert.add_argument("--debug", action="store_true", help="show tracebacks")
-    export = commands.add_parser("export", allow_abbrev=False, help="export a checkpoint to ONNX, checked against PyTorch by onnxruntime")
+    export = commands.add_parser("export", help="export a checkpoint to ONNX, checked against PyTorch by onnxruntime")
     export.add_argument("--checkpoint", required=True)
     export.add_argument("--format", default="onnx", choices=["onnx"])
     export.add_argument("--out", help="file to write (default <run>/export/<checkpoint name>.onnx)")

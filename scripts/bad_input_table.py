@@ -87,7 +87,8 @@ def case_table(after: dict[str, dict], before: dict[str, dict] | None) -> list[s
     lines = ["| case | " + ("before | " if before else "") + "answer | what cvtrain says |",
              "| --- | " + ("--- | " if before else "") + "--- | --- |"]
     for case, result in sorted(after.items()):
-        answer = result["answer"] + ("" if result["answer"] == result["expected"] else f" (expected {result['expected']})")
+        off = result["answer"] != result["expected"]
+        answer = result["answer"] + (f" (expected {result['expected']})" if off else "")
         said = result["line"].replace("|", "\\|").replace("\n", " ")
         said = said if len(said) <= 220 else said[:217] + "..."
         was = f"{before[case]['answer']} | " if before and case in before else ("— | " if before else "")

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from corpus import CORPUS, KINDS, CliForkServer, child_environment, make_checkpoints, manifest, run_case
 
 MANIFEST = manifest()

@@ -51,7 +51,7 @@ def test_coco_reader_keeps_ids_and_negatives(tmp_path):
     ("", "annotation file is empty"),
     ('{"images": {}, "categories": []}', "'images' is an object, expected a list"),
     ('{"images": [], "annotations": []}', "missing key 'categories'"),
-    ('{"images": [{"id": "1", "file_name": "a.png"}], "categories": []}', "images[0]: 'id' is '1', expected an integer"),
+    ('{"images": [{"id": "1", "file_name": "a.png"}], "categories": []}', "images[0] needs an integer 'id', not '1'"),
     ('{"images": [], "categories": [], "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2]}]}',
      "annotation id 1: 'bbox' is [1, 2]"),
     # accepted silently before: crowd flags outside 0/1, no 'annotations', no images, a category id used twice

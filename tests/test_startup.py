@@ -75,7 +75,8 @@ def test_resume_never_takes_an_override_for_a_checkpoint():
     # argparse would take '--max-epoch' for '--max-epochs' and start training: abbreviations are refused
     (["fit", "-c", "s.yaml", "--max-epoch", "3"], "error: cvtrain fit: unknown flag '--max-epoch' (did you mean "
                                                   "'--max-epochs'?)"),
-    (["check", "--data", "d.yaml", "--outt", "x"], "error: cvtrain check: unknown flag '--outt' (did you mean '--out'?)"),
+    (["check", "--data", "d.yaml", "--outt", "x"],
+     "error: cvtrain check: unknown flag '--outt' (did you mean '--out'?)"),
 ])
 def test_a_word_that_is_neither_flag_nor_override_is_one_line(argv, line, capsys):
     with pytest.raises(SystemExit) as stop:

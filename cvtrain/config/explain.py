@@ -7,6 +7,7 @@ error, for whole specs, dataset files (``section="data"``) and the checks of
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any, Union, get_args, get_origin
 
 import yaml
@@ -14,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 
 from cvtrain.config.schema import Config
-from cvtrain.errors import ConfigError
+from cvtrain.errors import ConfigError, shown
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
@@ -95,8 +96,11 @@ def explain(error: ValidationError, *, source: str = "<dict>", origin: dict[str,
         The error to raise (the caller raises it ``from None``).
     """
     first = error.errors()[0]
-    inner = tuple(part for part in first["loc"]
-                  if not (isinstance(part, str) and part.startswith(("function-", "tagged-union"))))
+    steps = tuple(first["loc"])
+    # not pydantic's own steps (function-after[...], tagged-union[...]); an unknown key is the user's, whatever it is
+    kept = steps[-1:] if first["type"] == "extra_forbidden" else ()
+    inner = tuple(part for part in steps[: len(steps) - len(kept)]
+                  if not (isinstance(part, str) and re.match(r"(function-[a-z]+|tagged-union)\[", part))) + kept
     loc = ((section,) if section else ()) + inner
     dotted = ".".join(str(part) for part in loc)
     origin = origin or {}
@@ -132,15 +136,14 @@ def explain(error: ValidationError, *, source: str = "<dict>", origin: dict[str,
                 hint = f"did you mean '{full[0]}'?"
             elif candidates:
                 hint = f"valid keys here: {', '.join(candidates)}"
-        message = f"unknown key '{dotted}'"
+        message = f"unknown key {dotted!r}"
     elif first["type"] == "missing":
-        message = f"missing required key '{dotted}'"
+        message = f"missing required key {dotted!r}"
         hint = "see configs/ for complete specs"
     else:
         value = first.get("input")
-        shown = repr(value) if not isinstance(value, (dict, list)) or len(repr(value)) < 60 else type(value).__name__
         message = (
-            f"'{dotted}' = {shown}: {first['msg'].removeprefix('Value error, ')}"
+            f"{dotted!r} = {shown(value)}: {first['msg'].removeprefix('Value error, ')}"
             if dotted
             else first["msg"].removeprefix("Value error, ")
         )

@@ -23,7 +23,8 @@ from pydantic import ValidationError
 
 from cvtrain.config.explain import explain
 from cvtrain.config.schema import Config, DataConfig
-from cvtrain.errors import ConfigError
+from cvtrain.errors import ConfigError, shown
+from cvtrain.yamltext import safe_load
 
 API_KEYS = {  # API/CLI argument -> config path
     "seed": "train.seed",
@@ -49,16 +50,23 @@ def read_yaml(path: Path) -> Any:
     except UnicodeDecodeError:
         raise ConfigError("not UTF-8 text", where=str(path), hint="save the spec as UTF-8") from None
     try:
-        return yaml.safe_load(text)
+        return safe_load(text)
     except yaml.constructor.ConstructorError as error:
+        if "tag" not in (error.problem or ""):  # "found unhashable key" ({[1, 2]: x}): not a tag
+            raise ConfigError(f"invalid YAML: {error.problem}", where=_at(path, error.problem_mark),
+                              hint="fix the syntax at that position") from None
         mark = error.problem_mark
         raise ConfigError(f"refused YAML tag: {error.problem}", where=f"{path}:{mark.line + 1}:{mark.column + 1}",
                           hint="specs are plain data; python/object tags are never executed") from None
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        where = _at(path, getattr(error, "problem_mark", None))
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ConfigError(f"invalid YAML: {problem}", where=where, hint="fix the syntax at that position") from None
+
+
+def _at(path: Path, mark: Any) -> str:
+    """``path:line:column`` of a YAML error's mark, or the path alone."""
+    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -66,9 +74,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {text!r} is not key=value", hint="write e.g. train.max_epochs=3")
+        raise ConfigError(f"override {shown(text)} is not key=value", hint="write e.g. train.max_epochs=3")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw  # a plain string that is not valid YAML
     return key, value
@@ -87,15 +95,27 @@ def set_path(tree: dict, dotted: str, value: Any) -> None:
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"cannot set {dotted!r}: {part!r} is not a section", hint="check the key")
+            raise ConfigError(f"cannot set {shown(dotted)}: {shown(part)} is not a section", hint="check the key")
         node = child
     node[parts[-1]] = value
 
 
-def resolve_root(data: Any, base: Path) -> None:
+def path_text(text: str, key: str, where: str | None = None) -> str:
+    """``text`` if it can name a file; a NUL byte or a lone surrogate (which ``Path.resolve`` raises on) refused."""
+    try:
+        if "\x00" not in text:
+            os.fsencode(text)
+            return text
+    except UnicodeEncodeError:
+        pass
+    raise ConfigError(f"{key} {shown(text)} is not a path (it holds a NUL byte or a lone surrogate)", where=where,
+                      hint=f"write {key} as plain text: a folder's name")
+
+
+def resolve_root(data: Any, base: Path, where: str | None = None) -> None:
     """Make a dataset section's ``root`` absolute: ``~`` and ``$VARS`` expanded, relative to ``base``."""
     if isinstance(data, dict) and isinstance(data.get("root"), str):
-        root = Path(os.path.expandvars(os.path.expanduser(data["root"])))
+        root = Path(os.path.expandvars(os.path.expanduser(path_text(data["root"], "data.root", where))))
         data["root"] = str(root if root.is_absolute() else (base / root).resolve())
 
 
@@ -134,7 +154,7 @@ def load_config(
         if not isinstance(tree, dict):
             raise ConfigError(f"spec is a {type(tree).__name__}, expected a mapping of sections", where=source,
                               hint="see configs/detection/ for examples")
-        resolve_root(tree.get("data"), path.parent.resolve())
+        resolve_root(tree.get("data"), path.parent.resolve(), source)
         tree.setdefault("name", path.stem)
         text_lines = (path, path.read_text(encoding="utf-8"))
     if data is not None:
@@ -143,16 +163,17 @@ def load_config(
         if not isinstance(section, dict):
             raise ConfigError("dataset file must be a mapping (format, root, splits, classes)", where=str(data_path),
                               hint="see 'Your own data' in README.md")
-        resolve_root(section, data_path.parent.resolve())
+        resolve_root(section, data_path.parent.resolve(), str(data_path))
         tree["data"] = section
         origin["data"] = str(data_path)
         data_file = (str(data_path), data_path.read_text(encoding="utf-8"))
     items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides or ())
     for key, value in items:
         if key in ("data.root",) and isinstance(value, str):
-            value = str(Path(value).expanduser().resolve())
+            text = path_text(value, "data.root", f"override {shown(key + '=' + value)}")
+            value = str(Path(text).expanduser().resolve())
         set_path(tree, key, value)
-        origin[key] = f"override '{key}={value}'"
+        origin[key] = f"override {shown(f'{key}={value}')}"
     for name, value in arguments.items():
         if value is None:
             continue
@@ -195,7 +216,7 @@ def load_data_description(path: Path, overrides: list[tuple[str, Any]] | None = 
     if not isinstance(tree, dict):
         raise ConfigError("dataset file must be a mapping (format, root, splits, classes)", where=str(path),
                           hint="see configs/datasets/ for examples")
-    resolve_root(tree, path.parent.resolve())
+    resolve_root(tree, path.parent.resolve(), str(path))
     for key, value in overrides or []:
         if not key.startswith("data."):
             raise ConfigError(f"override '{key}' does not apply to a dataset file", where=str(path),

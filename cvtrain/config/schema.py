@@ -18,6 +18,7 @@ from cvtrain.config.audit import AuditConfig
 from cvtrain.config.base import StrictModel
 from cvtrain.config.sweep import SweepConfig
 from cvtrain.config.testing import SlicesConfig, TestsConfig
+from cvtrain.errors import shown
 
 Task = Literal["detection", "instance_segmentation", "semantic_segmentation"]
 
@@ -58,7 +59,7 @@ class DataConfig(StrictModel):
         from cvtrain.data.formats import READERS
 
         if value not in READERS:
-            raise ValueError(f"unknown format {value!r}; known formats: {', '.join(sorted(READERS))}")
+            raise ValueError(f"unknown format {shown(value)}; known formats: {', '.join(sorted(READERS))}")
         return value
 
 
@@ -79,7 +80,7 @@ class ModelConfig(StrictModel):
         if value not in MODELS:
             close = difflib.get_close_matches(value, list(MODELS), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown model {value!r}{hint} known models: {', '.join(sorted(MODELS))}")
+            raise ValueError(f"unknown model {shown(value)}{hint} known models: {', '.join(sorted(MODELS))}")
         return value
 
 
@@ -255,7 +256,7 @@ class ChecksConfig(StrictModel):
             if code not in CODES:
                 close = difflib.get_close_matches(code, list(CODES), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else f"; known codes: {', '.join(sorted(CODES))}"
-                raise ValueError(f"unknown check code {code!r}{hint}")
+                raise ValueError(f"unknown check code {shown(code)}{hint}")
         return value
 
 
@@ -293,7 +294,7 @@ class Config(StrictModel):
     @classmethod
     def _one_path_segment(cls, value: str | None) -> str | None:
         if value is not None and not RUN_NAME.fullmatch(value):
-            raise ValueError(f"run name {value!r} is not one path segment: use letters, digits, '-', '_' and '.' "
+            raise ValueError(f"run name {shown(value)} is not one path segment: use letters, digits, '-', '_' and '.' "
                              "(not first)")
         return value
 

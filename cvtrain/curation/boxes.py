@@ -7,7 +7,7 @@ import numpy as np
 
 from cvtrain.curation.columns import group_starts
 from cvtrain.curation.findings import Collector
-from cvtrain.curation.structure import Geometry, format_box
+from cvtrain.curation.structure import Geometry, format_box, format_number
 
 MAX_PAIRS = 4_000_000  # box pairs compared at once (memory bound)
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
@@ -117,8 +117,8 @@ def _outliers(out: Collector, rows: np.ndarray, labels: np.ndarray, image_w: np.
             for position in np.flatnonzero(np.abs(z) > out.config.outlier_mads).tolist():
                 flagged.append(int(rows[members[position]]))
                 factor = float(np.exp(abs(sample[position] - median)))
-                texts.append(f"{what} is {factor:.1f}x {'above' if z[position] > 0 else 'below'} the median of "
-                             f"class {names[klass]!r} ({abs(z[position]):.1f} robust sigmas)")
+                texts.append(f"{what} is {format_number(factor)}x {'above' if z[position] > 0 else 'below'} the "
+                             f"median of class {names[klass]!r} ({format_number(abs(z[position]))} robust sigmas)")
         order = np.argsort(flagged, kind="stable")
         out.add_annotations(code, np.array(flagged, np.int64)[order], [texts[p] for p in order])
 
@@ -130,7 +130,7 @@ def _tiny(out: Collector, rows: np.ndarray, image_w: np.ndarray, image_h: np.nda
     tiny = side < out.config.min_box_pixels  # NaN (unknown image size) compares False
     flagged, shown = rows[tiny], side[tiny]
     out.add_annotations("box.tiny_at_input_size", flagged, lambda listed: (
-        f"shorter side is {value:.1f} px at image_size {image_size}" for value in shown[: len(listed)]))
+        f"shorter side is {format_number(value)} px at image_size {image_size}" for value in shown[: len(listed)]))
 
 
 def _area(out: Collector, geometry: Geometry) -> None:

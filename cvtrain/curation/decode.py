@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from cvtrain.atomic import write_text
-from cvtrain.data.files import HIGH_BIT_MODES, open_image
+from cvtrain.data.files import HIGH_BIT_MODES, open_image, value_counts
 from cvtrain.data.workers import ignore_stop_signals, signals_held, worker_context
 from cvtrain.errors import DataError
 
@@ -102,12 +102,7 @@ def _mask_values(image: Image.Image) -> dict[str, Any]:
         return {"channels": int(array.shape[2])}
     if array.dtype.kind not in "ui":
         return {"channels": 1}
-    if array.dtype.kind == "i" and array.size and int(array.min()) < 0:
-        values, counts = np.unique(array, return_counts=True)
-    else:
-        counts = np.bincount(array.ravel())
-        values = np.flatnonzero(counts)
-        counts = counts[values]
+    values, counts = value_counts(array)  # no bincount over 2**31 counters for a 32-bit mask
     return {"values": {str(int(v)): int(c) for v, c in zip(values, counts)}}
 
 

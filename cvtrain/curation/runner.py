@@ -57,19 +57,22 @@ def run_checks(index: DatasetIndex | None, config: ChecksConfig | None = None, *
         read = ~np.isnan(facts.width)
         width[read], height[read] = facts.width[read], facts.height[read]
         mask_values = facts.mask_values
-    check_ids(out)
-    usable = check_boxes(out, width, height)
-    geometry = check_segmentations(out, width, height)
-    labels = category_labels(out)
-    statistics = class_statistics(out, usable, mask_values)
-    check_box_warnings(out, usable, labels, width, height, geometry, image_size)
-    check_image_shapes(out, width, height)
-    report = _report(out, config, image_size, usable=True)
-    report.statistics = statistics
-    report.statistics["totals"] = {"images": len(index.images), "annotations": len(index.annotations),
-                                   "classes": index.num_classes}
-    report.plots = _box_samples(out, usable & (labels >= 0))
-    report.statistics["boxes"] = {split: _quantiles(sample) for split, sample in report.plots["box_size"].items()}
+    # Sizes and coordinates come from the user's file: a zero, negative, infinite or NaN one makes NaNs and
+    # infinities that the checks report (or skip); numpy's warnings about them would only print noise.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+        check_ids(out)
+        usable = check_boxes(out, width, height)
+        geometry = check_segmentations(out, width, height)
+        labels = category_labels(out)
+        statistics = class_statistics(out, usable, mask_values)
+        check_box_warnings(out, usable, labels, width, height, geometry, image_size)
+        check_image_shapes(out, width, height)
+        report = _report(out, config, image_size, usable=True)
+        report.statistics = statistics
+        report.statistics["totals"] = {"images": len(index.images), "annotations": len(index.annotations),
+                                       "classes": index.num_classes}
+        report.plots = _box_samples(out, usable & (labels >= 0))
+        report.statistics["boxes"] = {split: _quantiles(sample) for split, sample in report.plots["box_size"].items()}
     # no index.fingerprint() here: it costs seconds at COCO scale, and fit records it in the run directory
     report.dataset = {"root": str(index.root), "format": index.format, "task": index.task,
                       "sources": list(index.sources)}

@@ -80,15 +80,15 @@ def check_boxes(out: Collector, width: np.ndarray, height: np.ndarray) -> np.nda
         past = np.maximum.reduce([-x, -y, x + w - image_w, y + h - image_h])
         outside = positive & (past > tolerance)  # NaN (unknown image size) compares False
     out.add_annotations("box.outside_image", np.flatnonzero(outside), lambda shown: (
-        f"box {format_box(boxes[r])} reaches {pixels(past[r])} px past the {image_w[r]:.0f}x{image_h[r]:.0f} image"
-        for r in shown))
+        f"box {format_box(boxes[r])} reaches {format_number(past[r])} px past the "
+        f"{image_w[r]:.0f}x{image_h[r]:.0f} image" for r in shown))
     return positive & known
 
 
-def pixels(value: float) -> str:
-    """A distance in pixels for messages: one decimal, or 3 significant digits when huge (``1e+308``, not 309 digits).
+def format_number(value: float) -> str:
+    """``12.5``; a number from the user's file that is huge (1e+259) in exponent form, not 260 digits.
 
-    >>> pixels(26.04), pixels(1e308)
+    >>> format_number(26.04), format_number(1e308)
     ('26.0', '1e+308')
     """
     return f"{value:.1f}" if abs(value) < 1e6 else f"{value:.3g}"

@@ -22,7 +22,7 @@ from typing import IO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cvtrain.errors import DataError
+from cvtrain.errors import DataError, shown
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # 16-bit and float greys
@@ -53,7 +53,8 @@ def inside_root(root: str | os.PathLike, name: str, what: str = "image") -> Path
         The resolved path (which may not exist).
 
     Raises:
-        DataError: an absolute path, a NUL byte, ``..`` leading out, or a symlink pointing outside ``root``.
+        DataError: an absolute path, a NUL byte, a lone surrogate, ``..`` leading out, or a symlink pointing
+            outside ``root``.
 
     >>> inside_root("/data/set", "images/a.jpg").as_posix().endswith("images/a.jpg")
     True
@@ -63,6 +64,11 @@ def inside_root(root: str | os.PathLike, name: str, what: str = "image") -> Path
     if "\x00" in text:
         raise DataError(f"{what} path {text!r} contains a NUL byte", where=str(base),
                         hint="file names inside the dataset cannot contain NUL")
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in JSON): no file can have that name
+        raise DataError(f"{what} path {shown(text)} is not valid Unicode (it holds a lone surrogate)", where=str(base),
+                        hint="write the file's real name, as UTF-8") from None
     normal = posixpath.normpath(text.replace("\\", "/"))
     if os.path.isabs(text) or normal == ".." or normal.startswith("../"):
         raise DataError(f"{what} path {text!r} escapes the dataset root", where=str(base),
@@ -201,13 +207,28 @@ def read_mask(path: Path, num_classes: int, ignore_index: int | None = None,
         raise DataError(f"mask of type {array.dtype} (mode {mode}) is not an index mask", where=str(path),
                         hint="save masks as 8- or 16-bit PNG of class indices, palette PNG, or RGB with data.palette")
     fill = ignore_value(num_classes, ignore_index)
-    counts = np.bincount(array.ravel()) if array.size else np.zeros(0, np.int64)
-    unknown = [v for v in np.flatnonzero(counts[num_classes:]) + num_classes if v != fill]
+    values, counts = value_counts(array)
+    unknown = [(v, c) for v, c in zip(values.tolist(), counts.tolist()) if v >= num_classes and v != fill]
     if unknown:
-        shown = ", ".join(f"{v} ({counts[v]} px)" for v in unknown[:5])
+        shown = ", ".join(f"{v} ({c} px)" for v, c in unknown[:5])
         raise DataError(f"mask values {shown} are neither classes 0..{num_classes - 1} nor ignore_index {ignore_index}",
                         where=str(path), hint="set data.ignore_index, or add the classes to data.classes")
     return array.astype(mask_dtype(num_classes, ignore_index), copy=False)
+
+
+def value_counts(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The values of an integer mask and their pixel counts, ascending.
+
+    ``np.bincount`` for 8- and 16-bit values; ``np.unique`` past them (a 32-bit mask with a value near 2**31 would
+    make bincount allocate 16 GiB of counters) and for negative values (which bincount refuses).
+    """
+    if not array.size:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if int(array.max()) > MAX_MASK_VALUE or (array.dtype.kind == "i" and int(array.min()) < 0):
+        return np.unique(array, return_counts=True)
+    counts = np.bincount(array.ravel())
+    values = np.flatnonzero(counts)
+    return values, counts[values]
 
 
 def _colours_to_classes(array: np.ndarray, palette: dict[int, list[int]] | None, path: Path) -> np.ndarray:

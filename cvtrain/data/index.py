@@ -166,7 +166,8 @@ class DatasetIndex:
         digest = hashlib.sha256()
         digest.update(json.dumps([(c.id, c.name) for c in self.categories]).encode())
         for image in sorted(self.images, key=lambda record: record.id):
-            digest.update(f"{image.id}|{image.file_name}|{image.width}|{image.height}|{image.split}|{image.mask_file}\n".encode())
+            digest.update(f"{image.id}|{image.file_name}|{image.width}|{image.height}|{image.split}|{image.mask_file}\n"
+                          .encode("utf-8", "surrogatepass"))  # a name with a lone surrogate is refused later, not here
         if _is_table(self.annotations):  # the same lines, from the columns
             table = self.annotations
             order = np.argsort(table.id, kind="stable")

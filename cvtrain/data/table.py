@@ -12,6 +12,7 @@ and about a gigabyte; the columns of the same annotations cost 80 MB.
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -231,7 +232,7 @@ def polygon_columns(lists: list[list], rows: np.ndarray) -> tuple[np.ndarray, ..
         # numeric strings are read as their numbers, as the checks have always read them
         coords = np.fromiter(values, np.float64, len(values))
         invalid = np.empty(0, np.int64)
-    except (TypeError, ValueError):  # a polygon that is not a flat list of numbers: find which, slowly
+    except (TypeError, ValueError, OverflowError):  # not a flat list of (float-sized) numbers: find which, slowly
         good = np.fromiter((_numeric_list(polygon) for polygon in flat), bool, len(flat))
         invalid = np.unique(owner[~good])
         keep = ~np.isin(owner, invalid)
@@ -253,7 +254,11 @@ def _numeric_types(types: set[type]) -> bool:
 
 
 def _numeric_list(polygon: Any) -> bool:
-    return type(polygon) is list and _numeric_types(_types(polygon))
+    types = _types(polygon) if type(polygon) is list else {list}
+    if not _numeric_types(types):
+        return False
+    # an integer past float's range (1e400 written out) is not a coordinate
+    return int not in types or all(-sys.float_info.max <= v <= sys.float_info.max for v in polygon)
 
 
 def table_from_annotations(annotations: Sequence[Annotation]) -> AnnotationTable:

@@ -14,6 +14,7 @@ import gc
 import json
 import math
 import posixpath
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import chain
@@ -27,7 +28,7 @@ import numpy as np
 from cvtrain.data.formats import register_reader
 from cvtrain.data.index import Annotation, Category, DatasetIndex, ImageRecord, Location
 from cvtrain.data.table import NONE, POLYGONS, RLE, AnnotationTable, polygon_columns, table_from_annotations
-from cvtrain.errors import DataError
+from cvtrain.errors import DataError, kind_of, shown
 
 HINT = "see https://cocodataset.org/#format-data for the layout"
 INT64 = (-(2**63), 2**63 - 1)
@@ -62,7 +63,7 @@ def load_json(path: Path) -> Any:
             hint="JSON must be UTF-8; re-save the file as UTF-8",
         ) from None
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=_parse_int)
     except json.JSONDecodeError as error:
         raise DataError(f"invalid JSON: {error.msg}", where=f"{path}:{error.lineno}:{error.colno}",
                         hint="fix the syntax at that position") from None
@@ -70,33 +71,40 @@ def load_json(path: Path) -> Any:
         raise DataError("JSON nested too deeply", where=str(path), hint="this is not a COCO annotation file") from None
 
 
-def _shown(value: Any) -> str:
-    """``value`` as an error shows it: JSON's words (null, true), a huge integer by its digit count, at most 60 chars."""
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    if type(value) is int and abs(value) >= 10 ** 18:
-        return f"an integer of {len(str(abs(value)))} digits"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:50] + f"... ({_json_type(value)})"
-
-
-def _a(noun: str) -> str:
-    """``an array``, ``a string``; ``null`` alone."""
-    return noun if noun == "null" else ("an " if noun[0] in "aeiou" else "a ") + noun
-
-
-def _json_type(value: Any) -> str:
-    """The JSON name of ``value``'s type (object, array, string, number, boolean, null)."""
-    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
-    return names.get(type(value), "number")
+def _parse_int(digits: str) -> int:
+    """``int(digits)``; past Python's 4300-digit limit (a ValueError) a number of as many digits, for the message."""
+    if len(digits) <= 4300:
+        return int(digits)
+    return (-1 if digits.startswith("-") else 1) * 10 ** (len(digits.lstrip("-")) - 1)
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A JSON number usable as a float: not a boolean, not an integer too large for one (``float`` raises)."""
+    return type(value) is float or (type(value) is int and -sys.float_info.max <= value <= sys.float_info.max)
 
 
 def _integer(value: Any) -> bool:
     return type(value) is int and INT64[0] <= value <= INT64[1]
+
+
+def _whole(value: Any) -> bool:
+    """An integer in int64, or a float with an integer value (640.0)."""
+    return _integer(value) or (type(value) is float and math.isfinite(value) and value.is_integer()
+                               and INT64[0] <= value <= INT64[1])
+
+
+def _not_integer(value: Any) -> str:
+    """``1e+400 (more than 64 bits)``: a value that is not an id or size, as messages show it."""
+    return f"{shown(value)} (more than 64 bits)" if type(value) is int and not _integer(value) else shown(value)
+
+
+def _instead(raw: Any) -> str:
+    """``, not 'x'`` after ``needs an integer 'id'``: the id the record has, if it has one."""
+    if not isinstance(raw, dict):
+        return f", and is {kind_of(raw)}, not an object"
+    if "id" not in raw:
+        return ""
+    return f", not {_not_integer(raw['id'])}"
 
 
 def _require(condition: bool, path: Path, what: str, hint: str = HINT) -> None:
@@ -185,8 +193,8 @@ def read_coco(annotation_file: Path, *, root: Path, images: str | None = "", **_
              hint="check that it is the dataset's annotation file; COCO lists every image under 'images'")
     seen: dict[int, str] = {}
     for category in categories:
-        _require(category.id not in seen, annotation_file,
-                 f"category id {category.id} is declared twice ({seen.get(category.id)!r} and {category.name!r})",
+        _require(category.id not in seen, annotation_file, f"category id {category.id} is declared twice "
+                 f"({shown(seen.get(category.id))} and {shown(category.name)})",
                  hint="give every category its own id")
         seen[category.id] = category.name
     return DatasetIndex(root=root, categories=categories, images=records, annotations=table, task="detection",
@@ -198,6 +206,8 @@ class _Slow(Exception):
 
 
 def _from_records(decoded: _File, image_dir: str, source: Location):
+    if not _in_int64([c.id for c in decoded.categories]):  # msgspec's int is any size
+        raise _Slow
     categories = [Category(c.id, c.name, c.supercategory) for c in decoded.categories]
     records = _images(decoded.images, image_dir, source)
     table = _table(decoded.annotations, source)
@@ -207,17 +217,17 @@ def _from_records(decoded: _File, image_dir: str, source: Location):
 def _from_json(path: Path, image_dir: str, source: Location):
     data = load_json(path)
     _require(isinstance(data, dict), path,
-             f"top level is {_a(_json_type(data))}, expected an object with 'images' and 'categories'")
+             f"top level is {kind_of(data)}, expected an object with 'images' and 'categories'")
     for key in ("images", "categories"):
         _require(key in data, path, f"missing key '{key}'")
-        _require(isinstance(data[key], list), path, f"'{key}' is {_a(_json_type(data[key]))}, expected a list")
+        _require(isinstance(data[key], list), path, f"'{key}' is {kind_of(data[key])}, expected a list")
     categories = _categories(data["categories"], path)
     records = _images_slowly(data["images"], path, image_dir, source)
     _require("annotations" in data, path, "missing key 'annotations'",
              hint='a COCO file for training lists its annotations; write "annotations": [] if the images have none')
     raw_annotations = data["annotations"]
     _require(isinstance(raw_annotations, list), path,
-             f"'annotations' is {_a(_json_type(raw_annotations))}, expected a list")
+             f"'annotations' is {kind_of(raw_annotations)}, expected a list")
     table = table_from_annotations(_annotations_slowly(raw_annotations, path, source))
     return categories, records, table
 
@@ -226,7 +236,7 @@ def _categories(raw_categories: list, path: Path) -> list[Category]:
     categories = []
     for position, raw in enumerate(raw_categories):
         _require(isinstance(raw, dict) and _integer(raw.get("id")), path,
-                 f"categories[{position}] needs an integer 'id'")
+                 f"categories[{position}] needs an integer 'id'{_instead(raw)}")
         _require(isinstance(raw.get("name"), str), path, f"category id {raw['id']} needs a string 'name'")
         categories.append(Category(raw["id"], raw["name"], raw.get("supercategory")))
     return categories
@@ -244,8 +254,11 @@ def _images(images: list[_Image], image_dir: str, source: Location) -> list[Imag
             if not all(v is None or float(v).is_integer() for v in values):
                 raise _Slow
             values[:] = [v if v is None else int(v) for v in values]
-        if any(v is not None and v <= 0 for v in values):
+        if not _in_int64([v for v in values if v is not None]):  # 1e300 or 10**400: refused record by record
             raise _Slow
+        if any(v is not None and v < 0 for v in values):  # refused record by record
+            raise _Slow
+        values[:] = [v or None for v in values]  # 0: unknown, as exporters write it; the file's size is used
     base = posixpath.normpath(image_dir) if image_dir else "."
     prefix = "" if base == "." else base + "/"
     records = [ImageRecord(id=i, file_name=_join(prefix, image_dir, name), width=w, height=h, source=source)
@@ -279,25 +292,23 @@ def _images_slowly(raw_images: list, path: Path, image_dir: str, source: Locatio
     """Record by record, naming the first bad one (floats like 640.0 are accepted as sizes)."""
     records = []
     for position, raw in enumerate(raw_images):
-        _require(isinstance(raw, dict), path, f"images[{position}] is {_shown(raw)}, expected an object")
-        _require(_integer(raw.get("id")), path,
-                 f"images[{position}]: 'id' is {_shown(raw.get('id'))}, expected an integer within 64 bits")
+        _require(isinstance(raw, dict) and _integer(raw.get("id")), path,
+                 f"images[{position}] needs an integer 'id'{_instead(raw)}")
         _require(isinstance(raw.get("file_name"), str) and raw["file_name"] != "",
                  path, f"image id {raw['id']} needs a non-empty string 'file_name'")
         _require("\x00" not in raw["file_name"], path,
-                 f"image id {raw['id']}: 'file_name' {_shown(raw['file_name'])} holds a NUL byte",
+                 f"image id {raw['id']}: 'file_name' {shown(raw['file_name'])} holds a NUL byte",
                  hint="file names cannot hold NUL (\\u0000); fix the exporter's output")
         width, height = raw.get("width"), raw.get("height")
         for name, value in (("width", width), ("height", height)):
-            _require(value is None or (_number(value) and math.isfinite(value) and float(value).is_integer()
-                                       and value > 0),
-                     path, f"image id {raw['id']}: '{name}' is {_shown(value)}, expected a positive integer")
+            _require(value is None or (_whole(value) and value >= 0), path,
+                     f"image id {raw['id']}: '{name}' is {_not_integer(value)}, expected a size in pixels (0 or more)")
         records.append(ImageRecord(
             id=raw["id"],
             file_name=posixpath.normpath(posixpath.join(image_dir, raw["file_name"])) if image_dir
             else raw["file_name"],
-            width=int(width) if width is not None else None,
-            height=int(height) if height is not None else None,
+            width=int(width) or None if width is not None else None,  # 0: unknown, the file's size is used
+            height=int(height) or None if height is not None else None,
             source=source,
         ))
     for raw, record in zip(raw_images, records):
@@ -349,7 +360,7 @@ def _annotations_slowly(raw_annotations: list, path: Path, source: Location) -> 
         for key in ("id", "image_id", "category_id"):
             value = raw.get(key)
             _require(_integer(value), path,
-                     f"{label} (id {_shown(raw.get('id'))}): '{key}' is {_shown(value)}, expected an integer")
+                     f"{label} (id {shown(raw.get('id'))}): '{key}' is {_not_integer(value)}, expected an integer")
         label = f"annotation id {raw['id']}"
         bbox = raw.get("bbox")
         segmentation = raw.get("segmentation")
@@ -357,14 +368,15 @@ def _annotations_slowly(raw_annotations: list, path: Path, source: Location) -> 
             bbox = _bbox_from_segmentation(segmentation, path, label)
         _require(bbox is not None or "bbox" in raw, path, f"{label}: no 'bbox' and no segmentation to take it from",
                  hint="write 'bbox': [x, y, width, height] in pixels")
-        _require(bbox is not None, path, f"{label}: 'bbox' is null", hint="write 'bbox': [x, y, width, height] in pixels")
+        _require(bbox is not None, path, f"{label}: 'bbox' is null",
+                 hint="write 'bbox': [x, y, width, height] in pixels")
         _require(isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox),
-                 path, f"{label}: 'bbox' is {_shown(bbox)}, expected [x, y, width, height]")
+                 path, f"{label}: 'bbox' is {shown(bbox)}, expected [x, y, width, height]")
         area = raw.get("area")
-        _require(area is None or _number(area), path, f"{label}: 'area' is {_shown(area)}, expected a number")
+        _require(area is None or _number(area), path, f"{label}: 'area' is {shown(area)}, expected a number")
         crowd = raw.get("iscrowd", 0)
         _require(not isinstance(crowd, float) and crowd in (0, 1, None), path,  # True/False are 1/0; 1.0 is not
-                 f"{label}: 'iscrowd' is {crowd!r}, expected 0 or 1")
+                 f"{label}: 'iscrowd' is {shown(crowd)}, expected 0 or 1")
         attributes = raw.get("attributes")
         annotations.append(Annotation(
             id=raw["id"],
@@ -390,8 +402,15 @@ def _bbox_from_segmentation(segmentation: Any, path: Path, label: str) -> list[f
     if isinstance(segmentation, dict) and "size" in segmentation and "counts" in segmentation:
         from pycocotools import mask as mask_utils
 
-        rle = segmentation
-        if isinstance(rle["counts"], list):
-            rle = mask_utils.frPyObjects(rle, *rle["size"])
-        return [float(v) for v in mask_utils.toBbox(rle)]
+        size, counts = segmentation["size"], segmentation["counts"]
+        try:
+            if not (isinstance(size, list) and len(size) == 2 and all(_integer(v) and v >= 0 for v in size)):
+                raise ValueError
+            rle = mask_utils.frPyObjects(segmentation, *size) if isinstance(counts, list) else \
+                {"size": size, "counts": counts.encode() if isinstance(counts, str) else counts}
+            return [float(v) for v in mask_utils.toBbox(rle)]
+        except Exception:  # noqa: BLE001 - pycocotools raises plain Exceptions (and TypeError, OverflowError)
+            raise DataError(f"{label}: no 'bbox', and its RLE 'segmentation' (size {shown(size)}) cannot be decoded",
+                            where=str(path), hint="give the annotation a bbox, or fix the RLE's size "
+                                                  "[height, width] and counts") from None
     raise DataError(f"{label}: 'segmentation' is neither polygons nor RLE", where=str(path), hint="see the COCO format")

@@ -10,6 +10,7 @@ import yaml
 from PIL import Image, UnidentifiedImageError
 
 from cvtrain.errors import DataError
+from cvtrain.yamltext import safe_load
 
 PROGRESS_FROM = 2000  # files: a progress bar from this many on
 NAME_FILES = ("obj.names", "classes.txt", "classes.names", "labels.txt")
@@ -64,7 +65,7 @@ def read_yaml_with_lines(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     """A YAML mapping and the 1-based line of each top-level key (for errors that name the line)."""
     try:
         text = path.read_text(encoding="utf-8-sig")
-        tree = yaml.safe_load(text)
+        tree = safe_load(text)  # a value that cannot be converted (2024-13-45) is a YAMLError too
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except UnicodeDecodeError:
         raise DataError("not UTF-8 text", where=str(path), hint="re-save the file as UTF-8") from None

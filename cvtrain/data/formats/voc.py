@@ -10,7 +10,7 @@ from typing import Any
 from cvtrain.data.files import IMAGE_SUFFIXES
 from cvtrain.data.formats import register_reader
 from cvtrain.data.index import Annotation, Category, DatasetIndex, ImageRecord, Location
-from cvtrain.errors import DataError
+from cvtrain.errors import DataError, shown
 
 
 def _text(element: ET.Element | None, tag: str) -> str | None:
@@ -21,7 +21,8 @@ def _text(element: ET.Element | None, tag: str) -> str | None:
 def _coordinate(obj: ET.Element, tag: str, where: str) -> float:
     value = _text(obj.find("bndbox"), tag)
     if value is None and obj.find(f"bndbox/{tag}") is not None or value == "":
-        raise DataError(f"bndbox/{tag} is empty", where=where, hint="write the coordinate in pixels, e.g. <ymin>12</ymin>")
+        raise DataError(f"bndbox/{tag} is empty", where=where,
+                        hint="write the coordinate in pixels, e.g. <ymin>12</ymin>")
     if value is None:
         raise DataError(
             f"object without bndbox/{tag}",
@@ -32,8 +33,19 @@ def _coordinate(obj: ET.Element, tag: str, where: str) -> float:
         return float(value)
     except ValueError:
         raise DataError(
-            f"bndbox/{tag} is {value!r}, expected a number", where=where, hint="fix the coordinate"
+            f"bndbox/{tag} is {shown(value)}, expected a number", where=where, hint="fix the coordinate"
         ) from None
+
+
+def _size(width: str | None, height: str | None, where: str) -> tuple[int | None, int | None]:
+    """``<size>``'s width and height as integers (None when absent or empty); NaN, infinite or huge ones refused."""
+    try:
+        values = tuple(int(float(text)) if text else None for text in (width, height))
+    except (ValueError, OverflowError):  # not a number, NaN (ValueError), or infinite (OverflowError)
+        values = None
+    if values is None or any(v is not None and not -(2**63) <= v < 2**63 for v in values):
+        raise DataError(f"size is {shown(width)} x {shown(height)}, expected integers", where=where, hint="fix <size>")
+    return values
 
 
 def _refuse_external_dtd(path: Path, data: bytes) -> None:
@@ -111,14 +123,7 @@ def read_voc(annotation_dir: Path, *, root: Path, images: str = "JPEGImages", cl
         where = str(path)
         file_name = _text(element, "filename") or _find_image(root / images, path.stem)
         size = element.find("size")
-        width, height = _text(size, "width"), _text(size, "height")
-        try:
-            width_value = int(float(width)) if width else None
-            height_value = int(float(height)) if height else None
-        except ValueError:
-            raise DataError(
-                f"size is {width!r} x {height!r}, expected integers", where=where, hint="fix <size>"
-            ) from None
+        width_value, height_value = _size(_text(size, "width"), _text(size, "height"), where)
         image_records.append(
             ImageRecord(
                 id=image_id,

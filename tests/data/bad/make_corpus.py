@@ -283,6 +283,7 @@ def finding_folders() -> None:
     detection("script_names", "<script>a.png", image_bytes("RGB"), height=16,
               classes=["<script>alert(1)</script>", "disc", "a&b"])
     detection("undecodable_image", "a.jpg", b"this is not a picture\n")
+    detection("coco_size_zero", "a.png", image_bytes("RGB"), width=0, height=0)  # 0: unknown, as some tools write
     detection("huge_coordinate", "a.png", image_bytes("RGB"))
     huge = json.loads(coco([{"id": 1, "file_name": "a.png", "width": 16, "height": 12}], ONE_BOX))
     huge["annotations"][0]["bbox"] = [2, 2, "HUGE", 8]  # a 309-digit integer: valid JSON, beyond any float
