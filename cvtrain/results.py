@@ -52,15 +52,15 @@ class FitResult:
     """What ``fit`` produced.
 
     Attributes:
-        run_dir: the run directory.
-        best_checkpoint: ``checkpoints/best.ckpt`` (None when no validation ran).
-        last_checkpoint: ``checkpoints/last.ckpt``.
+        run_dir: the run directory (None after a fast dev run without ``run_dir``: nothing was kept).
+        best_checkpoint: ``checkpoints/best.ckpt`` (None when no validation ran, or nothing was kept).
+        last_checkpoint: ``checkpoints/last.ckpt`` (None when nothing was kept).
         metrics: the best validation's scalars (``mAP``, ``AP50``, … or ``mIoU``, …, with ``epoch`` and ``step``).
         per_class: per-class AP (``bbox``/``segm``) or IoU of the best validation.
         seconds: wall time of the whole call.
     """
 
-    run_dir: Path
+    run_dir: Path | None
     best_checkpoint: Path | None
     last_checkpoint: Path | None
     metrics: dict[str, Any] = field(default_factory=dict)

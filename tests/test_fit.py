@@ -178,6 +178,29 @@ def test_cli_fast_dev_run(tmp_path):
     done = cli("fit", "-c", str(spec), "--fast-dev-run", "--run-dir", str(tmp_path / "smoke"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "best validation" in done.stdout
+    # --run-dir keeps the run's files there, but a smoke run writes no checkpoint, and says so
+    assert (tmp_path / "smoke" / "config.yaml").is_file() and not (tmp_path / "smoke" / "checkpoints").exists()
+    assert "best checkpoint: none (a fast dev run writes no checkpoints)" in done.stdout
+    assert "None" not in done.stdout
+
+
+def test_cli_fast_dev_run_without_run_dir_leaves_nothing_behind(tmp_path):
+    """README: --fast-dev-run writes nothing. Not in the working directory, not beside the spec or the data, and
+    its temporary folder is gone at the end."""
+    (tmp_path / "spec").mkdir()
+    spec = tiny_spec(tmp_path / "spec")
+    make_shapes(tmp_path / "spec" / "shapes", num_images=16, image_size=96, seed=1)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "tmp").mkdir()
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TMPDIR": str(tmp_path / "tmp"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "cvtrain", "fit", "-c", str(spec), "--fast-dev-run"],
+                          cwd=tmp_path / "work", capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "best validation" in done.stdout  # it trained and validated
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+    assert "None" not in done.stdout and "run directory" not in done.stdout
+    assert "fast dev run: nothing kept" in done.stdout
 
 
 def test_the_api_in_a_notebook_shows_no_lightning_banners(tmp_path):
