@@ -149,3 +149,26 @@ def test_a_dict_spec_is_not_changed_by_overrides(tmp_path):
     config = load_config(spec, ["train.optimizer.lr=0.5", "data.options.num_images=3"])
     assert config.train.optimizer.lr == 0.5 and config.data.options["num_images"] == 3
     assert spec == before
+
+
+def test_a_bad_override_names_the_value_the_spec_had_not_the_schema_default(tmp_path, capsys):
+    """The quick start says max_epochs: 18; `--max-epochs 0` must not answer with the schema's 12."""
+    from cvtrain.cli import main
+
+    spec = REPO / "configs/detection/quickstart.yaml"
+    assert main(["fit", "-c", str(spec), "--max-epochs", "0"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: argument max_epochs=0: 'train.max_epochs' = 0: Input should be "
+                                               "greater than 0 (the spec says 18)")
+    with pytest.raises(ConfigError) as caught:
+        load_config(spec, ["train.max_epochs=0"])
+    assert caught.value.hint == "the spec says 18"
+    with pytest.raises(ConfigError) as caught:  # an earlier override set it: that value is what was replaced
+        load_config(spec, ["train.max_epochs=5"], max_epochs=0)
+    assert caught.value.hint == "the earlier override 'train.max_epochs=5' says 5"
+    with pytest.raises(ConfigError) as caught:  # the spec does not set batch_size: the schema default it is
+        load_config(write(tmp_path / "spec.yaml", MINIMAL), ["train.batch_size=0"])
+    assert caught.value.hint == "the default is 4"
+    with pytest.raises(ConfigError) as caught:  # a value written in the spec itself: the default, and its line
+        load_config(write(tmp_path / "bad.yaml", MINIMAL.replace("max_epochs: 3", "max_epochs: -3")))
+    assert str(caught.value).endswith("bad.yaml:8: 'train.max_epochs' = -3: Input should be greater than 0 "
+                                      "(the default is 12)")

@@ -145,12 +145,28 @@ def load_config(
         resolve_root(section, data_path.parent.resolve())
         tree["data"] = section
         origin["data"] = str(data_path)
+    # dotted key -> (value, who set it) before an override or argument replaced it: an error names that value
+    earlier: dict[str, tuple[Any, str]] = {}
+
+    def replace(key: str, value: Any, label: str) -> None:
+        found, before = _get_path(tree, key)
+        if found:
+            setter = origin.get(key) or next((origin[k] for k in origin if key.startswith(k + ".")), None)
+            if setter is None:
+                setter = "the spec"
+            elif setter.startswith(("override ", "argument ")):
+                setter = "the earlier " + setter
+            else:
+                setter = f"the dataset file {setter}"
+            earlier[key] = (before, setter)
+        set_path(tree, key, value)
+        origin[key] = label
+
     items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides or ())
     for key, value in items:
         if key in ("data.root",) and isinstance(value, str):
             value = str(Path(value).expanduser().resolve())
-        set_path(tree, key, value)
-        origin[key] = f"override '{key}={value}'"
+        replace(key, value, f"override '{key}={value}'")
     for name, value in arguments.items():
         if value is None:
             continue
@@ -158,12 +174,26 @@ def load_config(
             close = difflib.get_close_matches(name, list(API_KEYS), n=1)
             raise ConfigError(f"unknown argument {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""),
                               hint=f"arguments: {', '.join(API_KEYS)}")
-        set_path(tree, API_KEYS[name], str(value) if isinstance(value, Path) else value)
-        origin[API_KEYS[name]] = f"argument {name}={value!r}"
+        replace(API_KEYS[name], str(value) if isinstance(value, Path) else value, f"argument {name}={value!r}")
     try:
         return Config.model_validate(tree)
     except ValidationError as error:
-        raise explain(error, source=source, origin=origin, text=text_lines[1] if text_lines else None) from None
+        raise explain(error, source=source, origin=origin, text=text_lines[1] if text_lines else None,
+                      earlier=earlier) from None
+
+
+def _get_path(tree: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
+    """``(True, tree["a"]["b"])`` for ``dotted == "a.b"`` when the tree sets it, else ``(False, None)``.
+
+    >>> _get_path({"train": {"max_epochs": 18}}, "train.max_epochs"), _get_path({"train": {}}, "train.max_epochs")
+    ((True, 18), (False, None))
+    """
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
 
 
 def save_config(config: Config, path: Path) -> None:
