@@ -102,6 +102,13 @@ def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | No
             the checks found errors, ``DivergenceError`` when training diverged).
         RunInterrupted: a signal of ``trainer.stop_signals`` (Ctrl-C, SIGTERM, SIGUSR1) stopped the run; ``.line``
             names the checkpoint written and the command that continues the run (docs/reliability.md).
+
+    A spec is checked before anything is written (a real run: ``cvtrain.fit("configs/detection/quickstart.yaml")``):
+
+    >>> import cvtrain
+    >>> cvtrain.fit({"task": "detection", "model": {"name": "ssdlite320_mobilenet_v3_large"}})
+    Traceback (most recent call last):
+    cvtrain.errors.ConfigError: <dict>: missing required key 'data' (see configs/ for complete specs)
     """
     started = time.time()
     config = load_config(spec, overrides, data=data, **arguments)
@@ -391,6 +398,11 @@ def evaluate(spec: Spec | None = None, checkpoint: str | os.PathLike = "", overr
     Raises:
         CheckpointError: the checkpoint is unreadable, or was trained for another task or other classes.
         CvtrainError: the spec, dataset or flags are invalid, or an unknown corruption.
+
+    >>> import cvtrain
+    >>> cvtrain.evaluate(checkpoint="nowhere.ckpt")
+    Traceback (most recent call last):
+    cvtrain.errors.CheckpointError: nowhere.ckpt: checkpoint not found (give a .ckpt from <run>/checkpoints/)
     """
     if compare is not None:
         return _evaluate_pair(spec, checkpoint, compare, overrides, data=data, split=split, out=out,

@@ -24,7 +24,11 @@ def metric_text(value: Any) -> str:
 
 
 def summary_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """The summary scalars of ``metrics`` in print order (epoch, step and per-class tables left out)."""
+    """The summary scalars of ``metrics`` in print order (epoch, step and per-class tables left out).
+
+    >>> summary_metrics({"epoch": 3, "step": 80, "AP50": 0.7, "mAP": 0.4, "per_class": {}})
+    {'mAP': 0.4, 'AP50': 0.7}
+    """
     return {key: metrics[key] for key in METRIC_ORDER if key in metrics}
 
 

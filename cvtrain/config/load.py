@@ -62,7 +62,18 @@ def read_yaml(path: Path) -> Any:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``'train.lr=0.01'`` -> ``('train.lr', 0.01)``; the value goes through ``yaml.safe_load``."""
+    """A ``key=value`` override as ``(dotted key, value)``; the value goes through ``yaml.safe_load`` (text that is
+    not YAML stays a string). The key is checked when the config validates, not here.
+
+    Raises:
+        ConfigError: ``text`` is not ``key=value`` or the key has an empty part.
+
+    >>> parse_override("train.optimizer.lr=0.01"), parse_override("augment.scale=[0.5,1.5]")
+    (('train.optimizer.lr', 0.01), ('augment.scale', [0.5, 1.5]))
+    >>> parse_override("train.max_epochs")
+    Traceback (most recent call last):
+    cvtrain.errors.ConfigError: override 'train.max_epochs' is not key=value (write e.g. train.max_epochs=3)
+    """
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
@@ -110,12 +121,24 @@ def load_config(
 
     Args:
         spec: a YAML spec path, a dict, or a ``Config``.
-        overrides: ``["train.lr=0.01", ...]`` or ``{"train.lr": 0.01}``.
+        overrides: ``["train.optimizer.lr=0.01", ...]`` or ``{"train.optimizer.lr": 0.01}``.
         data: a dataset description YAML that replaces the spec's ``data`` section.
         **arguments: the CLI flags by name (``seed``, ``max_epochs``, ``amp``, ``gpus``, ...).
 
+    Returns:
+        The ``Config``: schema defaults < spec < ``data`` < overrides < arguments.
+
     Raises:
         ConfigError: one line naming the file, line, key and closest valid key.
+
+    >>> spec = {"task": "detection", "data": {"format": "shapes", "root": "data/shapes"},
+    ...         "model": {"name": "ssdlite320_mobilenet_v3_large"}}
+    >>> config = load_config(spec, {"train.optimizer.lr": 0.01}, max_epochs=3)
+    >>> config.train.optimizer.lr, config.train.max_epochs, config.train.batch_size
+    (0.01, 3, 4)
+    >>> load_config(spec, ["train.lr=0.01"])
+    Traceback (most recent call last):
+    cvtrain.errors.ConfigError: override 'train.lr=0.01': unknown key 'train.lr' (did you mean 'train.optimizer.lr'?)
     """
     origin: dict[str, str] = {}  # dotted key -> where it was set, for error messages
     source = "<dict>"
@@ -197,7 +220,16 @@ def _get_path(tree: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
 
 
 def save_config(config: Config, path: Path) -> None:
-    """Write the resolved config atomically; ``load_config(path)`` gives it back unchanged."""
+    """Write the resolved config atomically; ``load_config(path)`` gives it back unchanged.
+
+    >>> import tempfile
+    >>> spec = {"task": "detection", "data": {"format": "shapes", "root": "/data/shapes"},
+    ...         "model": {"name": "ssdlite320_mobilenet_v3_large"}}
+    >>> path = Path(tempfile.mkdtemp()) / "config.yaml"
+    >>> save_config(load_config(spec), path)
+    >>> load_config(path) == load_config(spec)
+    True
+    """
     from cvtrain.atomic import write_text
 
     write_text(Path(path), yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
