@@ -60,8 +60,8 @@ def test_the_main_public_functions_have_examples():
     from cvtrain.api import check, evaluate, fit
     from cvtrain.config import load_config, parse_override, save_config
     from cvtrain.config.explain import explain
-    from cvtrain.results import metric_text, summary_metrics
+    from cvtrain.results import metric_text, per_class_lines, summary_metrics
 
     without = [f.__qualname__ for f in (fit, check, evaluate, load_config, save_config, parse_override, explain,
-                                        metric_text, summary_metrics) if ">>>" not in f.__doc__]
+                                        metric_text, summary_metrics, per_class_lines) if ">>>" not in f.__doc__]
     assert without == []
