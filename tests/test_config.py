@@ -172,3 +172,37 @@ def test_a_bad_override_names_the_value_the_spec_had_not_the_schema_default(tmp_
         load_config(write(tmp_path / "bad.yaml", MINIMAL.replace("max_epochs: 3", "max_epochs: -3")))
     assert str(caught.value).endswith("bad.yaml:8: 'train.max_epochs' = -3: Input should be greater than 0 "
                                       "(the default is 12)")
+
+
+# ------------------------------------------------- what README's "Specs and overrides" states, pinned
+def test_a_relative_root_override_starts_from_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "work").mkdir()
+    spec = write(tmp_path / "specs" / "spec.yaml", MINIMAL)
+    monkeypatch.chdir(tmp_path / "work")
+    assert load_config(spec).data.root == (tmp_path / "specs" / "data").resolve()  # in the file: the file's folder
+    assert load_config(spec, ["data.root=mine"]).data.root == (tmp_path / "work" / "mine").resolve()
+    as_dict = yaml.safe_load(MINIMAL)  # a dict spec has no folder: its root is taken as given, from the cwd
+    assert Path(load_config(as_dict).data.root).resolve() == (tmp_path / "work" / "data").resolve()
+
+
+def test_the_warmup_is_capped_at_half_the_run():
+    from cvtrain.config import SchedulerConfig
+    from cvtrain.tasks.common import lr_factor
+
+    schedule = SchedulerConfig(name="constant", warmup_steps=1000, warmup_factor=0.001)
+    assert [round(lr_factor(step, 10, schedule), 4) for step in range(7)] == [0.001, 0.2008, 0.4006, 0.6004, 0.8002,
+                                                                             1.0, 1.0]
+    assert lr_factor(50, 2000, schedule) < 0.1  # a long run keeps its 1000 warm-up steps
+
+
+def test_voc_classes_are_the_sorted_names_found_when_the_spec_lists_none(tmp_path):
+    from cvtrain.data.formats.voc import read_voc
+
+    (tmp_path / "Annotations").mkdir()
+    for stem, name in (("a", "zebra"), ("b", "ant"), ("c", "zebra")):
+        (tmp_path / "Annotations" / f"{stem}.xml").write_text(
+            f"<annotation><filename>{stem}.jpg</filename><size><width>10</width><height>10</height></size>"
+            f"<object><name>{name}</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox>"
+            "</object></annotation>")
+    assert read_voc(tmp_path / "Annotations", root=tmp_path).class_names == ["ant", "zebra"]
