@@ -133,13 +133,42 @@ def test_data_file_replaces_data_section(tmp_path):
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_every_shipped_spec_loads(spec):
+def test_every_shipped_spec_loads(spec, request):
     if spec.parent.name == "datasets":
-        return  # dataset descriptions are checked through --data in test_data.py
+        return check_dataset_description(spec, request)
     config = load_config(spec)
     assert isinstance(config, Config)
     raw = yaml.safe_load(spec.read_text())
     assert config.model.name == raw["model"]["name"]
+
+
+# Each dataset description of configs/datasets: a spec of its task to combine it with (--data), and what its index
+# holds: (images, training images, classes); None for a dataset that is not in the shared datasets.
+DESCRIPTIONS = {
+    "camvid.yaml": ("segmentation/deeplabv3_mobilenet_v3_large.yaml", (334, 101, 11)),
+    "coco.yaml": ("detection/fasterrcnn_resnet50_fpn_v2.yaml", None),  # COCO 2017 at /data/coco: yours to place
+    "fruits_nuts.yaml": ("instance/maskrcnn_resnet50_fpn.yaml", (18, 14, 3)),
+    "raccoon.yaml": ("detection/fasterrcnn_mobilenet_v3_large_fpn.yaml", (200, 160, 1)),
+}
+
+
+def check_dataset_description(path: Path, request) -> None:
+    """A description loads as ``--data`` with a spec of its task; on the shared datasets its index is read, with both
+    splits assigned."""
+    from cvtrain.data.loading import build_index
+
+    assert path.name in DESCRIPTIONS, f"{path.name}: add it to DESCRIPTIONS with a spec of its task"
+    spec, expected = DESCRIPTIONS[path.name]
+    config = load_config(REPO / "configs" / spec, data=path)
+    assert config.data.format == yaml.safe_load(path.read_text())["format"]
+    assert config.data.root.is_absolute()
+    if expected is None:
+        return
+    config = load_config(REPO / "configs" / spec, request.getfixturevalue("on_shared")(path), data=path)
+    index = build_index(config.data)
+    train, val = index.split(config.data.train_split), index.split(config.data.val_split)
+    assert (len(index.images), len(train.images), index.num_classes) == expected
+    assert len(val.images) > 0 and {i.id for i in train.images}.isdisjoint(i.id for i in val.images)
 
 
 def test_a_dict_spec_is_not_changed_by_overrides(tmp_path):
