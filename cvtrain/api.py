@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 import warnings
@@ -42,6 +44,7 @@ from cvtrain.engine.rundir import (
     SKIPPED_FILE,
     choose_run_dir,
     has_checkpoint,
+    inherited_run_dir,
     is_rank_zero,
     output_dir,
     read_run_info,
@@ -86,16 +89,26 @@ def fit(spec: Spec, overrides: Overrides = None, *, data: str | os.PathLike | No
             pruning callback; ``scripts/bench_fit.py`` times steps with one).
         index: the dataset to train on, with its splits, instead of reading ``data`` (``audit``'s folds).
         **arguments: CLI flags by name: ``amp``, ``gpus``, ``accelerator``, ``devices``, ``num_nodes``,
-            ``seed``, ``max_epochs``, ``max_steps``, ``fast_dev_run``, ``run_dir``.
+            ``seed``, ``max_epochs``, ``max_steps``, ``fast_dev_run``, ``run_dir``. ``fast_dev_run=True`` without
+            ``run_dir`` runs one training and one validation batch in a temporary folder that is removed at the end:
+            nothing is written where it runs (with ``run_dir`` its files stay there, still without checkpoints).
 
     Returns:
-        ``FitResult`` with the run directory, checkpoints and best validation metrics.
+        ``FitResult`` with the run directory, checkpoints and best validation metrics (``run_dir`` and the
+        checkpoints are None after a fast dev run that kept nothing).
 
     Raises:
         CvtrainError: a spec, dataset, checkpoint or flag the user must fix (one line; ``DatasetCheckError`` when
             the checks found errors, ``DivergenceError`` when training diverged).
         RunInterrupted: a signal of ``trainer.stop_signals`` (Ctrl-C, SIGTERM, SIGUSR1) stopped the run; ``.line``
             names the checkpoint written and the command that continues the run (docs/reliability.md).
+
+    A spec is checked before anything is written (a real run: ``cvtrain.fit("configs/detection/quickstart.yaml")``):
+
+    >>> import cvtrain
+    >>> cvtrain.fit({"task": "detection", "model": {"name": "ssdlite320_mobilenet_v3_large"}})
+    Traceback (most recent call last):
+    cvtrain.errors.ConfigError: <dict>: missing required key 'data' (see configs/ for complete specs)
     """
     started = time.time()
     config = load_config(spec, overrides, data=data, **arguments)
@@ -116,20 +129,29 @@ def _fit(config: Config, signals: StopSignals, started: float, *, resume: str | 
         if is_rank_zero():
             print(f"SLURM job {slurm_job_id()} was requeued: continuing the run in {requeued}")
     _preflight(config)  # cheap checks of the machine and the spec's files, before any folder or dataset work
+    scratch = None
+    if (config.trainer.fast_dev_run and requested is None and resume is None and not overwrite and is_rank_zero()
+            and inherited_run_dir() is None):
+        # A smoke run without --run-dir keeps nothing: it runs in a temporary folder, removed at the end.
+        scratch = Path(tempfile.mkdtemp(prefix="cvtrain-fast-dev-run-"))
+        requested = scratch / name
     run_dir = choose_run_dir(requested, name, resume=resume is not None, overwrite=overwrite)
     signals.describe(run_dir, ("--skip-checks",) if skip_checks else ())
     try:
         return _fit_in(run_dir, config, signals, started, resume=resume, skip_checks=skip_checks, callbacks=callbacks,
-                       index=index)
+                       index=index, kept=scratch is None)
     except BaseException as error:
         stopped = signals.interruption(error)
-        if is_rank_zero():
+        if is_rank_zero() and scratch is None:
             release_if_empty(run_dir)  # a claimed folder nothing was written into does not stay behind
         if stopped is None:
             raise
         if stopped.quiet and not launched_externally():
             wait_for_parent(signals.parent)  # Lightning's launcher must print its line first (see wait_for_parent)
         raise stopped from None
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _preflight(config: Config) -> None:
@@ -152,7 +174,10 @@ def _preflight(config: Config) -> None:
 
 
 def _fit_in(run_dir: Path, config: Config, signals: StopSignals, started: float, *, resume: str | None,
-            skip_checks: bool, callbacks: list[pl.Callback] | None, index: DatasetIndex | None) -> FitResult:
+            skip_checks: bool, callbacks: list[pl.Callback] | None, index: DatasetIndex | None,
+            kept: bool = True) -> FitResult:
+    """The run in ``run_dir``; ``kept=False``: a fast dev run in a temporary folder that the caller removes, so
+    nothing names a path in it."""
     resume_from = _resume_from(resume, run_dir)
     signals.describe(run_dir, signals.flags, resume_from)
     if config.train.num_workers != 0:
@@ -171,12 +196,16 @@ def _fit_in(run_dir: Path, config: Config, signals: StopSignals, started: float,
         save_config(config, run_dir / "config.yaml")
         write_run_info(run_dir, config=config, fingerprint=index.fingerprint(), dataset=index.summary(),
                        run_id=run_id, resumed_from=str(resume_from.path) if resume_from else None)
-        print(f"run directory: {run_dir}")
-        print(f"TensorBoard:   tensorboard --logdir {run_dir / 'tensorboard'}")
+        if kept:
+            print(f"run directory: {run_dir}")
+            print(f"TensorBoard:   tensorboard --logdir {run_dir / 'tensorboard'}")
+        else:
+            print("fast dev run: one training and one validation batch in a temporary folder, removed at the end "
+                  "(give --run-dir to keep its files)")
         if resume_from is not None:
             print(f"resuming from {resume_from.path} (epoch {resume_from.epoch}, step {resume_from.global_step})")
     if not skip_checks:
-        index = _check_before_fit(index, config, run_dir)
+        index = _check_before_fit(index, config, run_dir, keep_report=kept)
     if audit_file is not None:
         index, dropped = drop_flagged(index, audit_file, config.checks.audit_threshold, run_dir, write=is_rank_zero())
         if is_rank_zero():
@@ -202,9 +231,9 @@ def _fit_in(run_dir: Path, config: Config, signals: StopSignals, started: float,
     best = metrics_file.best or {}
     checkpoints = run_dir / "checkpoints"
     result = FitResult(
-        run_dir=run_dir,
-        best_checkpoint=checkpoints / "best.ckpt" if (checkpoints / "best.ckpt").exists() else None,
-        last_checkpoint=checkpoints / "last.ckpt" if (checkpoints / "last.ckpt").exists() else None,
+        run_dir=run_dir if kept else None,
+        best_checkpoint=checkpoints / "best.ckpt" if kept and (checkpoints / "best.ckpt").exists() else None,
+        last_checkpoint=checkpoints / "last.ckpt" if kept and (checkpoints / "last.ckpt").exists() else None,
         metrics={k: v for k, v in best.items() if k != "per_class"},
         per_class=best.get("per_class", {}),
         seconds=time.time() - started,
@@ -219,7 +248,7 @@ def _fit_in(run_dir: Path, config: Config, signals: StopSignals, started: float,
     return result
 
 
-def _check_before_fit(index, config: Config, run_dir: Path):
+def _check_before_fit(index, config: Config, run_dir: Path, *, keep_report: bool = True):
     """The dataset checks of ``cvtrain check``; their report goes into the run directory.
 
     Every rank checks (under ``on_error: drop`` all must drop the same things); rank 0 writes and prints.
@@ -237,9 +266,11 @@ def _check_before_fit(index, config: Config, run_dir: Path):
                 print(line, file=sys.stderr)
         raise
     if rank_zero:
-        dropped = f"; trained without them (listed in {run_dir / 'dropped.json'})" if report.count("error") else ""
+        listing = run_dir / "dropped.json" if keep_report else "not kept (fast dev run)"
+        written = run_dir / "report.html" if keep_report else "not kept (fast dev run)"
+        dropped = f"; trained without them (listed in {listing})" if report.count("error") else ""
         print(f"dataset check: {report.count('error')} errors{dropped}, {report.count('warning')} warnings, "
-              f"{report.count('info')} infos; report: {run_dir / 'report.html'}")
+              f"{report.count('info')} infos; report: {written}")
     return kept
 
 
@@ -369,6 +400,11 @@ def evaluate(spec: Spec | None = None, checkpoint: str | os.PathLike = "", overr
     Raises:
         CheckpointError: the checkpoint is unreadable, or was trained for another task or other classes.
         CvtrainError: the spec, dataset or flags are invalid, or an unknown corruption.
+
+    >>> import cvtrain
+    >>> cvtrain.evaluate(checkpoint="nowhere.ckpt")
+    Traceback (most recent call last):
+    cvtrain.errors.CheckpointError: nowhere.ckpt: checkpoint not found (give a .ckpt from <run>/checkpoints/)
     """
     if compare is not None:
         return _evaluate_pair(spec, checkpoint, compare, overrides, data=data, split=split, out=out,

@@ -239,7 +239,12 @@ def run(args: argparse.Namespace) -> int:
 
             _print_metrics(f"done in {result.seconds:.0f} s; best validation:", result.metrics, result.per_class)
             print("\n".join(baseline_lines(result.metrics)))
-            print(f"best checkpoint: {result.best_checkpoint}\nrun directory:   {result.run_dir}")
+            if result.run_dir is None:
+                print("fast dev run: nothing kept (give --run-dir to keep its files)")
+            else:
+                best = result.best_checkpoint or ("none (a fast dev run writes no checkpoints)"
+                                                  if config.trainer.fast_dev_run else "none (no validation completed)")
+                print(f"best checkpoint: {best}\nrun directory:   {result.run_dir}")
         return 0
     if args.command == "sweep":
         from cvtrain.sweep.runner import sweep

@@ -24,27 +24,58 @@ def metric_text(value: Any) -> str:
 
 
 def summary_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """The summary scalars of ``metrics`` in print order (epoch, step and per-class tables left out)."""
+    """The summary scalars of ``metrics`` in print order (epoch, step and per-class tables left out).
+
+    >>> summary_metrics({"epoch": 3, "step": 80, "AP50": 0.7, "mAP": 0.4, "per_class": {}})
+    {'mAP': 0.4, 'AP50': 0.7}
+    """
     return {key: metrics[key] for key in METRIC_ORDER if key in metrics}
 
 
 def per_class_lines(per_class: Mapping[str, Any]) -> list[str]:
-    """One line per kind of score (``bbox``, ``segm``, ``IoU``): each class's value, ``absent`` where None."""
+    """One line per kind of score (``bbox``, ``segm``, ``IoU``): each class's value; ``absent`` where None (a class in
+    neither the ground truth nor the predictions), ``n/a`` for pycocotools' -1 (no ground truth of that class).
+
+    >>> per_class_lines({"bbox": {"square": 0.4031, "disc": -1.0}, "IoU": {"road": 0.9, "sky": None}})
+    ['per-class bbox: square 0.403, disc n/a', 'per-class IoU: road 0.900, sky absent']
+    """
     lines = []
     for kind, classes in per_class.items():
         if isinstance(classes, dict) and classes:
-            # None: a class in neither the ground truth nor the predictions (semantic segmentation)
             lines.append(f"per-class {kind}: " + ", ".join(
-                f"{name} {'absent' if value is None else f'{value:.3f}'}" for name, value in classes.items()))
+                f"{name} {_class_score(value, 3)}" for name, value in classes.items()))
     return lines
 
 
-def _html(title: str, rows: Mapping[str, Any], per_class: Mapping[str, Any] | None = None) -> str:
-    body = "".join(f"<tr><th style='text-align:left'>{escape(str(key))}</th>"
-                   f"<td>{escape(metric_text(value) if isinstance(value, float) else str(value))}</td></tr>"
-                   for key, value in rows.items())
-    extra = "".join(f"<div>{escape(line)}</div>" for line in per_class_lines(per_class or {}))
-    return f"<b>{escape(title)}</b><table>{body}</table>{extra}"
+def _class_score(value: Any, decimals: int) -> str:
+    if value is None:
+        return "absent"
+    return "n/a" if value < 0 else f"{value:.{decimals}f}"
+
+
+_SCORE_NAMES = {"bbox": "AP (bbox)", "segm": "AP (segm)", "IoU": "IoU"}
+
+
+def _html(title: str, facts: Mapping[str, Any], metrics: Mapping[str, Any],
+          per_class: Mapping[str, Any] | None = None) -> str:
+    """A notebook table: ``facts`` as written (None as ``-``), then the metric rows as the CLI prints them (``n/a``
+    for -1), then a per-class table with one column per kind of score."""
+    def row(key: str, text: str, kind: str) -> str:
+        return f"<tr class='{kind}'><th style='text-align:left'>{escape(key)}</th><td>{escape(text)}</td></tr>"
+
+    body = "".join(row(str(key), "-" if value is None else str(value), "fact") for key, value in facts.items())
+    body += "".join(row(str(key), metric_text(value) if isinstance(value, (int, float)) else str(value), "metric")
+                    for key, value in metrics.items())
+    kinds = [kind for kind, classes in (per_class or {}).items() if isinstance(classes, dict) and classes]
+    table = ""
+    if kinds:
+        names = list(dict.fromkeys(name for kind in kinds for name in per_class[kind]))
+        head = "".join(f"<th>{escape(_SCORE_NAMES.get(kind, kind))}</th>" for kind in kinds)
+        rows = "".join(f"<tr><th style='text-align:left'>{escape(str(name))}</th>" + "".join(
+            f"<td>{escape(_class_score(per_class[kind].get(name), 4) if name in per_class[kind] else '-')}</td>"
+            for kind in kinds) + "</tr>" for name in names)
+        table = f"<table class='per-class'><tr><th style='text-align:left'>class</th>{head}</tr>{rows}</table>"
+    return f"<b>{escape(title)}</b><table>{body}</table>{table}"
 
 
 @dataclass
@@ -52,15 +83,15 @@ class FitResult:
     """What ``fit`` produced.
 
     Attributes:
-        run_dir: the run directory.
-        best_checkpoint: ``checkpoints/best.ckpt`` (None when no validation ran).
-        last_checkpoint: ``checkpoints/last.ckpt``.
+        run_dir: the run directory (None after a fast dev run without ``run_dir``: nothing was kept).
+        best_checkpoint: ``checkpoints/best.ckpt`` (None when no validation ran, or nothing was kept).
+        last_checkpoint: ``checkpoints/last.ckpt`` (None when nothing was kept).
         metrics: the best validation's scalars (``mAP``, ``AP50``, … or ``mIoU``, …, with ``epoch`` and ``step``).
         per_class: per-class AP (``bbox``/``segm``) or IoU of the best validation.
         seconds: wall time of the whole call.
     """
 
-    run_dir: Path
+    run_dir: Path | None
     best_checkpoint: Path | None
     last_checkpoint: Path | None
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -68,9 +99,13 @@ class FitResult:
     seconds: float = 0.0
 
     def _repr_html_(self) -> str:
-        rows = {"run_dir": self.run_dir, "best_checkpoint": self.best_checkpoint, "seconds": round(self.seconds, 1),
-                "epoch": self.metrics.get("epoch"), **summary_metrics(self.metrics)}
-        return _html("cvtrain fit", rows, self.per_class)
+        kept = self.run_dir is not None
+        facts = {"run_dir": self.run_dir if kept else "not kept (fast dev run)",
+                 "best_checkpoint": self.best_checkpoint if kept else "not kept (fast dev run)",
+                 "seconds": round(self.seconds, 1)}
+        if "epoch" in self.metrics:  # the epoch of the best validation, labelled as such, not among the scores
+            facts["best epoch"] = self.metrics["epoch"]
+        return _html("cvtrain fit", facts, summary_metrics(self.metrics), self.per_class)
 
 
 @dataclass
@@ -108,9 +143,9 @@ class EvaluateResult:
     config: Any = field(default=None, repr=False)
 
     def _repr_html_(self) -> str:
-        rows = {"images": self.num_images, "runtime": self.runtime, "images/s": round(self.images_per_second, 1)}
+        facts = {"images": self.num_images, "runtime": self.runtime, "images/s": round(self.images_per_second, 1)}
         intervals = {k: f"[{v[0]:.4f}, {v[1]:.4f}]" for k, v in self.intervals.items() if v}
-        return _html("cvtrain evaluate", {**rows, **summary_metrics(self.metrics), **intervals}, self.per_class)
+        return _html("cvtrain evaluate", facts, {**summary_metrics(self.metrics), **intervals}, self.per_class)
 
 
 @dataclass
@@ -143,4 +178,4 @@ class PredictResult:
 
     def _repr_html_(self) -> str:
         return _html("cvtrain predict", {"out_dir": self.out_dir, "images": self.num_images,
-                                         "detections": self.num_detections})
+                                         "detections": self.num_detections}, {})

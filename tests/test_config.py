@@ -133,13 +133,42 @@ def test_data_file_replaces_data_section(tmp_path):
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_every_shipped_spec_loads(spec):
+def test_every_shipped_spec_loads(spec, request):
     if spec.parent.name == "datasets":
-        return  # dataset descriptions are checked through --data in test_data.py
+        return check_dataset_description(spec, request)
     config = load_config(spec)
     assert isinstance(config, Config)
     raw = yaml.safe_load(spec.read_text())
     assert config.model.name == raw["model"]["name"]
+
+
+# Each dataset description of configs/datasets: a spec of its task to combine it with (--data), and what its index
+# holds: (images, training images, classes); None for a dataset that is not in the shared datasets.
+DESCRIPTIONS = {
+    "camvid.yaml": ("segmentation/deeplabv3_mobilenet_v3_large.yaml", (334, 101, 11)),
+    "coco.yaml": ("detection/fasterrcnn_resnet50_fpn_v2.yaml", None),  # COCO 2017 at /data/coco: yours to place
+    "fruits_nuts.yaml": ("instance/maskrcnn_resnet50_fpn.yaml", (18, 14, 3)),
+    "raccoon.yaml": ("detection/fasterrcnn_mobilenet_v3_large_fpn.yaml", (200, 160, 1)),
+}
+
+
+def check_dataset_description(path: Path, request) -> None:
+    """A description loads as ``--data`` with a spec of its task; on the shared datasets its index is read, with both
+    splits assigned."""
+    from cvtrain.data.loading import build_index
+
+    assert path.name in DESCRIPTIONS, f"{path.name}: add it to DESCRIPTIONS with a spec of its task"
+    spec, expected = DESCRIPTIONS[path.name]
+    config = load_config(REPO / "configs" / spec, data=path)
+    assert config.data.format == yaml.safe_load(path.read_text())["format"]
+    assert config.data.root.is_absolute()
+    if expected is None:
+        return
+    config = load_config(REPO / "configs" / spec, request.getfixturevalue("on_shared")(path), data=path)
+    index = build_index(config.data)
+    train, val = index.split(config.data.train_split), index.split(config.data.val_split)
+    assert (len(index.images), len(train.images), index.num_classes) == expected
+    assert len(val.images) > 0 and {i.id for i in train.images}.isdisjoint(i.id for i in val.images)
 
 
 def test_a_dict_spec_is_not_changed_by_overrides(tmp_path):
@@ -149,3 +178,60 @@ def test_a_dict_spec_is_not_changed_by_overrides(tmp_path):
     config = load_config(spec, ["train.optimizer.lr=0.5", "data.options.num_images=3"])
     assert config.train.optimizer.lr == 0.5 and config.data.options["num_images"] == 3
     assert spec == before
+
+
+def test_a_bad_override_names_the_value_the_spec_had_not_the_schema_default(tmp_path, capsys):
+    """The quick start says max_epochs: 18; `--max-epochs 0` must not answer with the schema's 12."""
+    from cvtrain.cli import main
+
+    spec = REPO / "configs/detection/quickstart.yaml"
+    assert main(["fit", "-c", str(spec), "--max-epochs", "0"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: argument max_epochs=0: 'train.max_epochs' = 0: Input should be "
+                                               "greater than 0 (the spec says 18)")
+    with pytest.raises(ConfigError) as caught:
+        load_config(spec, ["train.max_epochs=0"])
+    assert caught.value.hint == "the spec says 18"
+    with pytest.raises(ConfigError) as caught:  # an earlier override set it: that value is what was replaced
+        load_config(spec, ["train.max_epochs=5"], max_epochs=0)
+    assert caught.value.hint == "the earlier override 'train.max_epochs=5' says 5"
+    with pytest.raises(ConfigError) as caught:  # the spec does not set batch_size: the schema default it is
+        load_config(write(tmp_path / "spec.yaml", MINIMAL), ["train.batch_size=0"])
+    assert caught.value.hint == "the default is 4"
+    with pytest.raises(ConfigError) as caught:  # a value written in the spec itself: the default, and its line
+        load_config(write(tmp_path / "bad.yaml", MINIMAL.replace("max_epochs: 3", "max_epochs: -3")))
+    assert str(caught.value).endswith("bad.yaml:8: 'train.max_epochs' = -3: Input should be greater than 0 "
+                                      "(the default is 12)")
+
+
+# ------------------------------------------------- what README's "Specs and overrides" states, pinned
+def test_a_relative_root_override_starts_from_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "work").mkdir()
+    spec = write(tmp_path / "specs" / "spec.yaml", MINIMAL)
+    monkeypatch.chdir(tmp_path / "work")
+    assert load_config(spec).data.root == (tmp_path / "specs" / "data").resolve()  # in the file: the file's folder
+    assert load_config(spec, ["data.root=mine"]).data.root == (tmp_path / "work" / "mine").resolve()
+    as_dict = yaml.safe_load(MINIMAL)  # a dict spec has no folder: its root is taken as given, from the cwd
+    assert Path(load_config(as_dict).data.root).resolve() == (tmp_path / "work" / "data").resolve()
+
+
+def test_the_warmup_is_capped_at_half_the_run():
+    from cvtrain.config import SchedulerConfig
+    from cvtrain.tasks.common import lr_factor
+
+    schedule = SchedulerConfig(name="constant", warmup_steps=1000, warmup_factor=0.001)
+    assert [round(lr_factor(step, 10, schedule), 4) for step in range(7)] == [0.001, 0.2008, 0.4006, 0.6004, 0.8002,
+                                                                             1.0, 1.0]
+    assert lr_factor(50, 2000, schedule) < 0.1  # a long run keeps its 1000 warm-up steps
+
+
+def test_voc_classes_are_the_sorted_names_found_when_the_spec_lists_none(tmp_path):
+    from cvtrain.data.formats.voc import read_voc
+
+    (tmp_path / "Annotations").mkdir()
+    for stem, name in (("a", "zebra"), ("b", "ant"), ("c", "zebra")):
+        (tmp_path / "Annotations" / f"{stem}.xml").write_text(
+            f"<annotation><filename>{stem}.jpg</filename><size><width>10</width><height>10</height></size>"
+            f"<object><name>{name}</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox>"
+            "</object></annotation>")
+    assert read_voc(tmp_path / "Annotations", root=tmp_path).class_names == ["ant", "zebra"]

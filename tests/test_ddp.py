@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ from torch.utils.data import DistributedSampler
 
 import cvtrain
 from cvtrain.data.formats.shapes import make_shapes
+from cvtrain.data.loading import build_index
 from cvtrain.engine.rundir import choose_run_dir
 from cvtrain.engine.trainer import build_trainer, device_arguments
 from cvtrain.errors import ConfigError
@@ -170,8 +172,23 @@ def torchrun_fit(tmp_path_factory):
     )
     (folder / "runs" / "tiny").mkdir(parents=True)
     (folder / "runs" / "tiny" / "config.yaml").write_text("earlier run\n")
-    done = torchrun("-m", "cvtrain", "fit", "-c", str(spec), "--accelerator", "cpu", cwd=folder)
+    # `cvtrain fit` as the CLI runs it, plus a callback that records which images each rank trained on (bottom)
+    done = torchrun(str(HERE), "fit", "-c", str(spec), "--accelerator", "cpu", cwd=folder)
     return folder, done
+
+
+class SeenImages(pl.Callback):
+    """The image ids of every training batch this rank ran, per epoch; ``seen-rank<r>.json`` in the working
+    directory at the end of training."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, list[int]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seen.setdefault(trainer.current_epoch, []).extend(int(target["image_id"]) for target in batch[1])
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        Path(f"seen-rank{trainer.global_rank}.json").write_text(json.dumps(self.seen))
 
 
 def test_torchrun_launches_cvtrain_fit_once_per_process(torchrun_fit):
@@ -186,6 +203,23 @@ def test_torchrun_launches_cvtrain_fit_once_per_process(torchrun_fit):
     assert checkpoint["global_step"] == 6
     assert checkpoint["optimizer_states"][0]["param_groups"][0]["initial_lr"] == pytest.approx(0.02 * 2)
     assert len(json.loads((run_dir / "metrics.json").read_text())["history"]) == 3  # a validation each epoch
+
+
+def test_each_rank_trains_on_its_own_half_of_the_images_and_together_on_all(torchrun_fit):
+    """What one process cannot produce: per epoch, rank 0 and rank 1 ran different images, together every training
+    image; the only image both ran is the one the distributed sampler repeats to pad 15 images to 2 x 8."""
+    folder, _ = torchrun_fit
+    config = cvtrain.load_config(folder / "tiny.yaml")
+    train_ids = {image.id for image in build_index(config.data).split(config.data.train_split).images}
+    assert len(train_ids) == 15
+    seen = [json.loads((folder / f"seen-rank{rank}.json").read_text()) for rank in range(2)]
+    assert sorted(seen[0]) == sorted(seen[1]) == ["0", "1", "2"]
+    for epoch in ("0", "1", "2"):
+        first, second = seen[0][epoch], seen[1][epoch]
+        assert len(first) == len(set(first)) == len(second) == len(set(second)) == 8  # 2 steps x batch 4 each
+        assert set(first) | set(second) == train_ids
+        assert len(set(first) & set(second)) == 1  # the padding
+    assert seen[0]["0"] != seen[0]["1"] != seen[0]["2"]  # a new shuffle each epoch
 
 
 def test_validation_under_ddp_equals_one_process_exactly(torchrun_fit, tmp_path):
@@ -284,6 +318,14 @@ def test_two_gpus_train_as_one_with_twice_the_batch(tmp_path):
     for weights in ranks:  # a CPU reference against cuDNN's kernels: other summation orders, hence 1e-4
         assert_same_weights({k: v.cpu() for k, v in weights.items()}, expected, atol=1e-4)
 
+
+if __name__ == "__main__" and sys.argv[1] == "fit":  # under torchrun: `cvtrain fit`, recording the images seen
+    import cvtrain.api
+    from cvtrain.cli import main
+
+    cvtrain_callbacks = cvtrain.api.fit_callbacks
+    cvtrain.api.fit_callbacks = lambda *args, **kwargs: [*cvtrain_callbacks(*args, **kwargs), SeenImages()]
+    sys.exit(main(sys.argv[1:]))
 
 if __name__ == "__main__":  # under torchrun, from the tests above: train TinyTask, save each rank's weights
     out, train = Path(sys.argv[1]), json.loads(sys.argv[2])

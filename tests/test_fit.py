@@ -178,19 +178,47 @@ def test_cli_fast_dev_run(tmp_path):
     done = cli("fit", "-c", str(spec), "--fast-dev-run", "--run-dir", str(tmp_path / "smoke"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "best validation" in done.stdout
+    # --run-dir keeps the run's files there, but a smoke run writes no checkpoint, and says so
+    assert (tmp_path / "smoke" / "config.yaml").is_file() and not (tmp_path / "smoke" / "checkpoints").exists()
+    assert "best checkpoint: none (a fast dev run writes no checkpoints)" in done.stdout
+    assert "None" not in done.stdout
+
+
+def test_cli_fast_dev_run_without_run_dir_leaves_nothing_behind(tmp_path):
+    """README: --fast-dev-run writes nothing. Not in the working directory, not beside the spec or the data, and
+    its temporary folder is gone at the end."""
+    (tmp_path / "spec").mkdir()
+    spec = tiny_spec(tmp_path / "spec")
+    make_shapes(tmp_path / "spec" / "shapes", num_images=16, image_size=96, seed=1)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "tmp").mkdir()
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TMPDIR": str(tmp_path / "tmp"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "cvtrain", "fit", "-c", str(spec), "--fast-dev-run"],
+                          cwd=tmp_path / "work", capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "best validation" in done.stdout  # it trained and validated
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+    assert "None" not in done.stdout and "run directory" not in done.stdout
+    assert "fast dev run: nothing kept" in done.stdout
 
 
 def test_the_api_in_a_notebook_shows_no_lightning_banners(tmp_path):
-    """A notebook calls the API, not the CLI: it must not get Lightning's banners, tips and adverts either."""
-    spec = tiny_spec(tmp_path)
-    run_dir = str(tmp_path / "nb")
-    code = f"import cvtrain\nresult = cvtrain.fit({str(spec)!r}, run_dir={run_dir!r}, fast_dev_run=True)\n"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    """A notebook calls the API, not the CLI: it must not get Lightning's banners, tips and adverts either, nor
+    warnings (shown here as a careful notebook shows them: every warning, once, with -W default)."""
+    spec = tiny_spec(tmp_path, max_epochs=1, limit_train_batches=2)
+    code = (f"import cvtrain\nresult = cvtrain.fit({str(spec)!r}, run_dir='nb')\nprint(result.metrics['mAP'])\n"
+            f"smoke = cvtrain.fit({str(spec)!r}, fast_dev_run=True)\n")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONWARNINGS"}
+    done = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=300, env={**env, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     both = done.stdout + done.stderr
-    for banner in ("GPU available", "TPU available", "Tip:", "litlogger", "LeafSpec"):
-        assert banner not in both, banner
-    assert "run directory:" in done.stdout  # cvtrain's own lines stay
+    for banner in ("GPU available", "TPU available", "HPU available", "💡", "Tip:", "litlogger", "LitLogger",
+                   "litmodels", "LeafSpec", "PossibleUserWarning", "DeprecationWarning", "Warning", "warn("):
+        assert banner not in both, (banner, both[-3000:])
+    assert "run directory: nb" in done.stdout  # cvtrain's own lines stay
+    assert (tmp_path / "nb" / "checkpoints" / "best.ckpt").is_file()
 
 
 def test_cli_user_error_is_one_line_without_traceback(tmp_path):

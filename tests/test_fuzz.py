@@ -279,7 +279,8 @@ def coco_with(path: tuple, value: Any) -> dict:
     (("annotations", 0, "category_id"), Raw("7" * 5000),
      "annotations[0] (id 1): 'category_id' is 1e+4999 (more than 64 bits), expected an integer"),
     # OverflowError (float() of a 400-digit integer) before, in the reader or in the checks
-    (("images", 0, "width"), 10**400, "image id 1: 'width' is 1e+400 (more than 64 bits), expected a size in pixels (0 or more)"),
+    (("images", 0, "width"), 10**400,
+     "image id 1: 'width' is 1e+400 (more than 64 bits), expected a size in pixels (0 or more)"),
     (("images", 1, "height"), 1e300, "image id 2: 'height' is 1e+300, expected a size in pixels (0 or more)"),
     (("annotations", 2, "bbox", 0), 10**400, "annotation id 3: 'bbox' is [1e+400, 10, 5, 6.25], expected [x, y,"),
     (("annotations", 2, "area"), -(10**400), "annotation id 3: 'area' is -1e+400, expected a number"),

@@ -231,8 +231,9 @@ def test_fit_into_a_run_directory_that_holds_a_run_is_refused_and_changes_nothin
         cvtrain.fit(tmp_module / "spec.yaml", run_dir=run)
     assert {path: path.stat().st_mtime_ns for path in run.rglob("*")} == before
     monkeypatch.chdir(tmp_module)
-    first = cvtrain.fit(tmp_module / "spec.yaml", fast_dev_run=True)
-    second = cvtrain.fit(tmp_module / "spec.yaml", fast_dev_run=True)
+    short = ["train.max_epochs=1", "train.limit_train_batches=1", "train.limit_val_batches=1"]  # a fast dev run keeps
+    first = cvtrain.fit(tmp_module / "spec.yaml", short)                                       # no run directory
+    second = cvtrain.fit(tmp_module / "spec.yaml", short)
     assert (first.run_dir, second.run_dir) == (Path("runs/spec"), Path("runs/spec-2"))
 
 
@@ -297,7 +298,8 @@ def test_a_run_without_checkpoint_points_to_the_one_command_that_works(tmp_path,
 
 def test_runs_started_at_the_same_moment_get_two_folders(tmp_path):
     spec = write_spec(tmp_path)
-    runs = [cli("fit", "-c", str(spec), "--fast-dev-run", cwd=tmp_path) for _ in range(2)]
+    short = ("train.max_epochs=1", "train.limit_train_batches=1", "train.limit_val_batches=1")  # --fast-dev-run keeps
+    runs = [cli("fit", "-c", str(spec), *short, cwd=tmp_path) for _ in range(2)]                # no run directory
     outputs = [process.communicate(timeout=600) for process in runs]
     assert [process.returncode for process in runs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     chosen = sorted(line.split()[-1] for stdout, _ in outputs for line in stdout.splitlines()

@@ -19,7 +19,8 @@ class AuditConfig(StrictModel):
     fold_seed: int = 0  # seeds the assignment of images to folds
     max_epochs: int | None = Field(None, gt=0)  # short schedule of each fold model (default: train.max_epochs)
     max_steps: int | None = Field(None, gt=0)  # optimizer steps per fold model (default: no limit)
-    overrides: dict[str, Any] = Field(default_factory=dict)  # more spec keys for the fold models: {"train.lr": 0.01}
+    # more spec keys for the fold models, e.g. {"train.optimizer.lr": 0.01}
+    overrides: dict[str, Any] = Field(default_factory=dict)
     # predictions
     min_score: float = Field(0.05, ge=0.0, lt=1.0)  # predictions scoring less are not used (nor written)
     batch_size: int = Field(8, gt=0)  # images per prediction batch

@@ -81,7 +81,8 @@ def _yaml_line(text: str, loc: tuple) -> int | None:
 
 def explain(error: ValidationError, *, source: str = "<dict>", origin: dict[str, str] | None = None,
             text: str | None = None, section: str | None = None,
-            data_file: tuple[str, str] | None = None) -> ConfigError:
+            data_file: tuple[str, str] | None = None,
+            earlier: dict[str, tuple[Any, str]] | None = None) -> ConfigError:
     """The first problem of ``error`` as a ``ConfigError``: ``unknown key 'train.max_epoch' ... did you mean ...``.
 
     Args:
@@ -91,9 +92,19 @@ def explain(error: ValidationError, *, source: str = "<dict>", origin: dict[str,
         text: the YAML text of ``source``, to name the line of the key.
         section: the section that was validated on its own (``"data"``, ``"checks"``); None for a whole spec.
         data_file: ``(path, YAML text)`` of a ``--data`` file that gave the ``data`` section, to name its line.
+        earlier: dotted key -> (value, who set it: ``"the spec"``, ...) for keys an override or argument replaced:
+            the hint for a bad value names what the spec said rather than the schema default.
 
     Returns:
         The error to raise (the caller raises it ``from None``).
+
+    >>> from cvtrain.config.schema import TrainConfig
+    >>> try:
+    ...     TrainConfig.model_validate({"max_epochs": 0})
+    ... except ValidationError as error:
+    ...     print(explain(error, section="train", origin={"train.max_epochs": "override 'train.max_epochs=0'"},
+    ...                   earlier={"train.max_epochs": (18, "the spec")}))
+    override 'train.max_epochs=0': 'train.max_epochs' = 0: Input should be greater than 0 (the spec says 18)
     """
     first = error.errors()[0]
     steps = tuple(first["loc"])
@@ -150,9 +161,11 @@ def explain(error: ValidationError, *, source: str = "<dict>", origin: dict[str,
         holder = _model_at(loc) if loc else None
         field = holder.model_fields.get(str(loc[-1])) if holder else None
         default = field.default if field is not None else None
-        hint = (
-            f"the default is {default!r}"
-            if default not in (None, PydanticUndefined)
-            else "see configs/ for complete specs"
-        )
+        if dotted in (earlier or {}):  # the user replaced a value they had: name it, not the schema's default
+            value, setter = (earlier or {})[dotted]
+            hint = f"{setter} says {value!r}"
+        elif default not in (None, PydanticUndefined):
+            hint = f"the default is {default!r}"
+        else:
+            hint = "see configs/ for complete specs"
     return ConfigError(message, where=where, hint=hint)

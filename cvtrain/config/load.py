@@ -70,7 +70,18 @@ def _at(path: Path, mark: Any) -> str:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``'train.lr=0.01'`` -> ``('train.lr', 0.01)``; the value goes through ``yaml.safe_load``."""
+    """A ``key=value`` override as ``(dotted key, value)``; the value goes through ``yaml.safe_load`` (text that is
+    not YAML stays a string). The key is checked when the config validates, not here.
+
+    Raises:
+        ConfigError: ``text`` is not ``key=value`` or the key has an empty part.
+
+    >>> parse_override("train.optimizer.lr=0.01"), parse_override("augment.scale=[0.5,1.5]")
+    (('train.optimizer.lr', 0.01), ('augment.scale', [0.5, 1.5]))
+    >>> parse_override("train.max_epochs")
+    Traceback (most recent call last):
+    cvtrain.errors.ConfigError: override 'train.max_epochs' is not key=value (write e.g. train.max_epochs=3)
+    """
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
@@ -130,12 +141,24 @@ def load_config(
 
     Args:
         spec: a YAML spec path, a dict, or a ``Config``.
-        overrides: ``["train.lr=0.01", ...]`` or ``{"train.lr": 0.01}``.
+        overrides: ``["train.optimizer.lr=0.01", ...]`` or ``{"train.optimizer.lr": 0.01}``.
         data: a dataset description YAML that replaces the spec's ``data`` section.
         **arguments: the CLI flags by name (``seed``, ``max_epochs``, ``amp``, ``gpus``, ...).
 
+    Returns:
+        The ``Config``: schema defaults < spec < ``data`` < overrides < arguments.
+
     Raises:
         ConfigError: one line naming the file, line, key and closest valid key.
+
+    >>> spec = {"task": "detection", "data": {"format": "shapes", "root": "data/shapes"},
+    ...         "model": {"name": "ssdlite320_mobilenet_v3_large"}}
+    >>> config = load_config(spec, {"train.optimizer.lr": 0.01}, max_epochs=3)
+    >>> config.train.optimizer.lr, config.train.max_epochs, config.train.batch_size
+    (0.01, 3, 4)
+    >>> load_config(spec, ["train.lr=0.01"])
+    Traceback (most recent call last):
+    cvtrain.errors.ConfigError: override 'train.lr=0.01': unknown key 'train.lr' (did you mean 'train.optimizer.lr'?)
     """
     origin: dict[str, str] = {}  # dotted key -> where it was set, for error messages
     source = "<dict>"
@@ -167,13 +190,29 @@ def load_config(
         tree["data"] = section
         origin["data"] = str(data_path)
         data_file = (str(data_path), data_path.read_text(encoding="utf-8"))
+    # dotted key -> (value, who set it) before an override or argument replaced it: an error names that value
+    earlier: dict[str, tuple[Any, str]] = {}
+
+    def replace(key: str, value: Any, label: str) -> None:
+        found, before = _get_path(tree, key)
+        if found:
+            setter = origin.get(key) or next((origin[k] for k in origin if key.startswith(k + ".")), None)
+            if setter is None:
+                setter = "the spec"
+            elif setter.startswith(("override ", "argument ")):
+                setter = "the earlier " + setter
+            else:
+                setter = f"the dataset file {setter}"
+            earlier[key] = (before, setter)
+        set_path(tree, key, value)
+        origin[key] = label
+
     items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides or ())
     for key, value in items:
         if key in ("data.root",) and isinstance(value, str):
             text = path_text(value, "data.root", f"override {shown(key + '=' + value)}")
             value = str(Path(text).expanduser().resolve())
-        set_path(tree, key, value)
-        origin[key] = f"override {shown(f'{key}={value}')}"
+        replace(key, value, f"override {shown(f'{key}={value}')}")
     for name, value in arguments.items():
         if value is None:
             continue
@@ -181,17 +220,39 @@ def load_config(
             close = difflib.get_close_matches(name, list(API_KEYS), n=1)
             raise ConfigError(f"unknown argument {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""),
                               hint=f"arguments: {', '.join(API_KEYS)}")
-        set_path(tree, API_KEYS[name], str(value) if isinstance(value, Path) else value)
-        origin[API_KEYS[name]] = f"argument {name}={value!r}"
+        replace(API_KEYS[name], str(value) if isinstance(value, Path) else value, f"argument {name}={value!r}")
     try:
         return Config.model_validate(tree)
     except ValidationError as error:
         raise explain(error, source=source, origin=origin, text=text_lines[1] if text_lines else None,
-                      data_file=data_file) from None
+                      data_file=data_file, earlier=earlier) from None
+
+
+def _get_path(tree: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
+    """``(True, tree["a"]["b"])`` for ``dotted == "a.b"`` when the tree sets it, else ``(False, None)``.
+
+    >>> _get_path({"train": {"max_epochs": 18}}, "train.max_epochs"), _get_path({"train": {}}, "train.max_epochs")
+    ((True, 18), (False, None))
+    """
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
 
 
 def save_config(config: Config, path: Path) -> None:
-    """Write the resolved config atomically; ``load_config(path)`` gives it back unchanged."""
+    """Write the resolved config atomically; ``load_config(path)`` gives it back unchanged.
+
+    >>> import tempfile
+    >>> spec = {"task": "detection", "data": {"format": "shapes", "root": "/data/shapes"},
+    ...         "model": {"name": "ssdlite320_mobilenet_v3_large"}}
+    >>> path = Path(tempfile.mkdtemp()) / "config.yaml"
+    >>> save_config(load_config(spec), path)
+    >>> load_config(path) == load_config(spec)
+    True
+    """
     from cvtrain.atomic import write_text
 
     write_text(Path(path), yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
