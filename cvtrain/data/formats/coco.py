@@ -87,6 +87,21 @@ def _integer(value: Any) -> bool:
     return type(value) is int and INT64[0] <= value <= INT64[1]
 
 
+def _unusable_name(name: str) -> str | None:
+    """Why ``name`` cannot name a file (a NUL byte, or a lone surrogate that is not Unicode text), or None.
+
+    >>> _unusable_name("a.png"), _unusable_name("a\\x00.png"), _unusable_name("a\\ud800.png")
+    (None, 'holds a NUL byte', 'is not valid Unicode (a lone surrogate)')
+    """
+    if "\x00" in name:
+        return "holds a NUL byte"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode (a lone surrogate)"
+    return None
+
+
 def _whole(value: Any) -> bool:
     """An integer in int64, or a float with an integer value (640.0)."""
     return _integer(value) or (type(value) is float and math.isfinite(value) and value.is_integer()
@@ -247,7 +262,7 @@ def _images(images: list[_Image], image_dir: str, source: Location) -> list[Imag
     ids = list(map(attrgetter("id"), images))
     names = list(map(attrgetter("file_name"), images))
     sizes = [list(map(attrgetter(name), images)) for name in ("width", "height")]
-    if "" in names or not _in_int64(ids) or any("\x00" in name for name in names):
+    if "" in names or not _in_int64(ids) or any(_unusable_name(name) for name in names):
         raise _Slow
     for values in sizes:
         if float in _types(values):  # 640.0 is a size, 640.5 is not
@@ -296,9 +311,9 @@ def _images_slowly(raw_images: list, path: Path, image_dir: str, source: Locatio
                  f"images[{position}] needs an integer 'id'{_instead(raw)}")
         _require(isinstance(raw.get("file_name"), str) and raw["file_name"] != "",
                  path, f"image id {raw['id']} needs a non-empty string 'file_name'")
-        _require("\x00" not in raw["file_name"], path,
-                 f"image id {raw['id']}: 'file_name' {shown(raw['file_name'])} holds a NUL byte",
-                 hint="file names cannot hold NUL (\\u0000); fix the exporter's output")
+        problem = _unusable_name(raw["file_name"])
+        _require(problem is None, path, f"image id {raw['id']}: 'file_name' {shown(raw['file_name'])} {problem}",
+                 hint="fix the exporter's output: file names are text, without NUL or lone surrogate characters")
         width, height = raw.get("width"), raw.get("height")
         for name, value in (("width", width), ("height", height)):
             _require(value is None or (_whole(value) and value >= 0), path,

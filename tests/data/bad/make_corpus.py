@@ -93,6 +93,7 @@ def specs() -> None:
         "python_tag": base + "name: !!python/object/apply:os.system ['echo pwned > PWNED']\n",
         "top_level_list": "- task: detection\n- model: ssdlite320_mobilenet_v3_large\n",
         "tab_indentation": base + "train:\n\tmax_epochs: 3\n",
+        "invalid_timestamp": base + "name: 2024-13-45\n",
     }
     for name, text in cases.items():
         write(HERE / "specs" / f"{name}.yaml", text)
@@ -146,6 +147,13 @@ def coco_files() -> None:
         "category_id_fraction": variant(lambda d: d["annotations"][0].update(category_id=1.5)),
         "image_id_huge": variant(lambda d: d["images"][0].update(id=10 ** 400)),
         "width_negative": variant(lambda d: d["images"][0].update(width=-16)),
+        # found by tests/test_fuzz.py: valid JSON that crashed (OverflowError, int() limit, pycocotools, encode)
+        "width_huge": variant(lambda d: d["images"][0].update(width="HUGE")).replace('"HUGE"', "1" + "0" * 400),
+        "category_id_5000_digits": variant(lambda d: d["annotations"][0].update(category_id="HUGE"))
+        .replace('"HUGE"', "1" + "0" * 5000),
+        "rle_bad_size": variant(lambda d: (d["annotations"][0].pop("bbox"), d["annotations"][0].update(
+            segmentation={"size": ["32", 32], "counts": "abc"}))),
+        "file_name_surrogate": variant(lambda d: d["images"][0].update(file_name="a\ud800.png")),
     }
     for name, text in cases.items():
         write(folder / f"{name}.json", text)
@@ -179,6 +187,7 @@ def voc_folders() -> None:
         "external_dtd": '<?xml version="1.0"?>\n<!DOCTYPE annotation SYSTEM "http://example.com/voc.dtd">\n'
                         + VOC_XML,
         "empty_ymin": VOC_XML.replace("<ymin>2</ymin>", "<ymin></ymin>"),
+        "size_infinite": VOC_XML.replace("<width>16</width>", "<width>1e309</width>"),
         "external_entity": '<?xml version="1.0"?>\n<!DOCTYPE annotation [<!ENTITY secret SYSTEM "file:///etc/hostname">]>\n'
                            "<annotation><filename>&secret;</filename></annotation>\n",
     }
@@ -240,6 +249,9 @@ def mask_folders() -> None:
 
     case("unknown_value", "a.png", png(mode="L", value=7))
     case("wrong_shape", "a.png", png((8, 8), mode="L", value=1))
+    huge_value = io.BytesIO()
+    Image.fromarray(np.full((16, 16), 2**31 - 1, dtype=np.int32), mode="I").save(huge_value, "TIFF")
+    case("value_near_2_31", "a.tif", huge_value.getvalue())  # np.bincount asked for 16 GiB
     float_mask = io.BytesIO()
     Image.fromarray(np.full((16, 16), 0.5, dtype=np.float32), mode="F").save(float_mask, "TIFF")
     case("float_values", "a.tif", float_mask.getvalue())
