@@ -126,15 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.machine()}, FP32, "
           f"{args.warmup} warm-up + {args.steps} timed step(s) per spec (median), synthetic square images\n",
           flush=True)
-    rows = []
-    for path in chosen:
-        row = measure(path, args.warmup, args.steps)
-        rows.append(row)
     print("| spec | model | image size | batch | s/step | img/s | fastest step (s) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for row in rows:
+    print("| --- | --- | --- | --- | --- | --- | --- |", flush=True)
+    for path in chosen:  # each row as soon as it is measured: a stopped run keeps what it measured
+        row = measure(path, args.warmup, args.steps)
         print(f"| `{row['spec']}` | {row['model']} | {row['size']} | {row['batch']} | {row['seconds']:.2f} | "
-              f"{row['images']:.2f} | {row['fastest']:.2f} |")
+              f"{row['images']:.2f} | {row['fastest']:.2f} |", flush=True)
     return 0
 
 
