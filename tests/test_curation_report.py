@@ -135,3 +135,19 @@ def test_every_code_is_documented():
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "curation.md").read_text()
     assert [code for code in CODES if f"| `{code}` |" not in text] == []
+
+
+def test_report_json_is_strict_json_when_statistics_are_not_finite(tmp_path, checks):
+    """A NaN box (valid for Python's json, not for JSON) must not put NaN into report.json: readers in other
+    languages refuse it. Non-finite statistics are written as null."""
+    root = tmp_path / "set"
+    data = clean_coco(root)
+    add_box(data, 1, 1, [4, 4, float("nan"), 10], segmentation=None)
+    report = check_dataset(write(root, data), checks, progress=False)
+    text = report.write(tmp_path / "out").joinpath("report.json").read_text()
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    saved = json.loads(text, parse_constant=refuse)
+    assert saved["summary"]["errors"] >= 1

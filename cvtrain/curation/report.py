@@ -110,8 +110,8 @@ class Report:
         }
 
     def to_json(self, indent: int | None = 1) -> str:
-        """The report as JSON text (``report.json``)."""
-        return json.dumps(self.to_dict(), indent=indent, default=_plain)
+        """The report as JSON text (``report.json``): standard JSON, a NaN or infinite statistic written as null."""
+        return json.dumps(_finite(self.to_dict()), indent=indent, default=_plain, allow_nan=False)
 
     # ---------------------------------------------------------------- files
     def write(self, directory: str | Path) -> Path:
@@ -148,6 +148,21 @@ class Report:
     def __repr__(self) -> str:
         return (f"Report({self.count('error')} errors, {self.count('warning')} warnings, {self.count('info')} infos, "
                 f"{len(self.counts)} codes)")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (box statistics of odd data) replaced by None, for strict JSON.
+
+    >>> _finite({"q": [1.5, float("nan")], "r": float("inf")})
+    {'q': [1.5, None], 'r': None}
+    """
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
 
 
 def _plain(value: Any) -> Any:
