@@ -16,6 +16,9 @@ self-confidence), so a class the model is shy about is judged by its own standar
 - ``missing``: ``r_c`` of a prediction that overlaps no annotation by ``audit.missing_iou`` (one per object:
   class-agnostic NMS at ``match_iou``).
 
+``swapped`` and ``missing`` mix in ``TIE_BREAK`` (0.1 %) of the same expression on raw scores: ``r_c`` is 1 for every
+prediction above ``t_c``, and the raw score orders those ties (the more confident prediction first).
+
 An annotation's record takes the kind that scores highest. Semantic segmentation scores connected regions of one
 class in the given mask: the mean over the region's pixels of ``r_c`` for the pixels whose predicted class ``c`` is
 not the given one (``t_c``: the mean probability of class ``c`` over the pixels labelled ``c``), so a region the
@@ -32,6 +35,9 @@ import numpy as np
 from cvtrain.data.index import DatasetIndex
 
 KINDS = ("swapped", "badly_located", "missing", "spurious")
+# Calibrated scores saturate at 1 for every prediction above its class's threshold; this much of the raw score is
+# mixed in so that, among those, the more confident one ranks first (a tie would be ordered by chance).
+TIE_BREAK = 1e-3
 ANNOTATION_KINDS = ("swapped", "badly_located", "spurious")
 HISTOGRAM_BINS = 20  # semantic segmentation: confidence bins per predicted class in a region's statistics
 
@@ -252,7 +258,9 @@ def _annotation_records(item: _ImageEvidence, thresholds: np.ndarray, typical: n
         others = calibrated[row].copy()
         others[label] = -1.0
         other = int(np.argmax(others))
-        swapped = float(max(others[other], 0.0) * (1.0 - calibrated[row, label]))
+        raw_swap = item.support[row, other] * (1.0 - item.support[row, label]) if others[other] >= 0 else 0.0
+        swapped = float((1.0 - TIE_BREAK) * max(others[other], 0.0) * (1.0 - calibrated[row, label])
+                        + TIE_BREAK * raw_swap)
         spurious = float(1.0 - calibrated_near[row].max())
         located = item.located[row]
         if located >= 0:
@@ -292,9 +300,10 @@ def _missing_records(item: _ImageEvidence, thresholds: np.ndarray, category_ids:
     for column in order:  # one record per object: class-agnostic NMS over the candidates
         if all(item.pairwise[column, other] < config.match_iou for other in kept):
             kept.append(int(column))
-    return [Record("missing", float(calibrated[c]), item.image_id, None, None,
+    score = (1.0 - TIE_BREAK) * calibrated + TIE_BREAK * item.scores
+    return [Record("missing", float(score[c]), item.image_id, None, None,
                    {"action": "add", "category_id": category_ids[item.classes[c]], "bbox": _box(item.boxes[c]),
-                    "confidence": round(float(item.scores[c]), 5)}, {"missing": float(calibrated[c])})
+                    "confidence": round(float(item.scores[c]), 5)}, {"missing": float(score[c])})
             for c in kept]
 
 
