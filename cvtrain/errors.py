@@ -79,6 +79,22 @@ def kind_of(value: Any) -> str:
     return names.get(type(value), "a number" if isinstance(value, (int, float)) else f"a {type(value).__name__}")
 
 
+def name_problem(text: str) -> str | None:
+    """Why ``text`` cannot name a file, or None: a NUL byte, or a lone surrogate (``"\\ud800"`` in JSON), which no
+    file system can encode. The one test behind the path guard, the readers and ``data.root``.
+
+    >>> name_problem("a.png"), name_problem("a\\x00.png"), name_problem("a\\ud800.png")
+    (None, 'holds a NUL byte', 'is not valid Unicode (it holds a lone surrogate)')
+    """
+    if "\x00" in text:
+        return "holds a NUL byte"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode (it holds a lone surrogate)"
+    return None
+
+
 class ConfigError(CvtrainError):
     """A spec or override that does not fit the schema."""
 

@@ -326,7 +326,7 @@ def test_a_file_name_with_a_lone_surrogate_is_refused(tmp_path):
     document = coco_with(("images", 0, "file_name"), "a\ud800.jpg")
     with pytest.raises(DataError) as error:
         build_index(coco_data(tmp_path, to_json(document)))
-    assert "image id 1: 'file_name' 'a\\ud800.jpg' is not valid Unicode (a lone surrogate)" in str(error.value)
+    assert "image id 1: 'file_name' 'a\\ud800.jpg' is not valid Unicode (it holds a lone surrogate)" in str(error.value)
     with pytest.raises(DataError) as error:
         inside_root(tmp_path, "images/a\ud800.jpg")
     assert "image path 'images/a\\ud800.jpg' is not valid Unicode (it holds a lone surrogate)" in str(error.value)

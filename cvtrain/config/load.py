@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from cvtrain.config.explain import explain
 from cvtrain.config.schema import Config, DataConfig
-from cvtrain.errors import ConfigError, shown
+from cvtrain.errors import ConfigError, name_problem, shown
 from cvtrain.yamltext import safe_load
 
 API_KEYS = {  # API/CLI argument -> config path
@@ -113,12 +113,8 @@ def set_path(tree: dict, dotted: str, value: Any) -> None:
 
 def path_text(text: str, key: str, where: str | None = None) -> str:
     """``text`` if it can name a file; a NUL byte or a lone surrogate (which ``Path.resolve`` raises on) refused."""
-    try:
-        if "\x00" not in text:
-            os.fsencode(text)
-            return text
-    except UnicodeEncodeError:
-        pass
+    if name_problem(text) is None:
+        return text
     raise ConfigError(f"{key} {shown(text)} is not a path (it holds a NUL byte or a lone surrogate)", where=where,
                       hint=f"write {key} as plain text: a folder's name")
 

@@ -22,7 +22,7 @@ from typing import IO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cvtrain.errors import DataError, shown
+from cvtrain.errors import DataError, name_problem, shown
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # 16-bit and float greys
@@ -61,14 +61,10 @@ def inside_root(root: str | os.PathLike, name: str, what: str = "image") -> Path
     """
     base = Path(root).resolve()
     text = str(name)
-    if "\x00" in text:
-        raise DataError(f"{what} path {text!r} contains a NUL byte", where=str(base),
-                        hint="file names inside the dataset cannot contain NUL")
-    try:
-        os.fsencode(text)
-    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in JSON): no file can have that name
-        raise DataError(f"{what} path {shown(text)} is not valid Unicode (it holds a lone surrogate)", where=str(base),
-                        hint="write the file's real name, as UTF-8") from None
+    problem = name_problem(text)
+    if problem:
+        raise DataError(f"{what} path {shown(text)} {problem}", where=str(base),
+                        hint="write the file's real name: plain text, without NUL or lone surrogate characters")
     normal = posixpath.normpath(text.replace("\\", "/"))
     if os.path.isabs(text) or normal == ".." or normal.startswith("../"):
         raise DataError(f"{what} path {text!r} escapes the dataset root", where=str(base),

@@ -28,7 +28,7 @@ import numpy as np
 from cvtrain.data.formats import register_reader
 from cvtrain.data.index import Annotation, Category, DatasetIndex, ImageRecord, Location
 from cvtrain.data.table import NONE, POLYGONS, RLE, AnnotationTable, polygon_columns, table_from_annotations
-from cvtrain.errors import DataError, kind_of, shown
+from cvtrain.errors import DataError, kind_of, name_problem, shown
 
 HINT = "see https://cocodataset.org/#format-data for the layout"
 INT64 = (-(2**63), 2**63 - 1)
@@ -85,21 +85,6 @@ def _number(value: Any) -> bool:
 
 def _integer(value: Any) -> bool:
     return type(value) is int and INT64[0] <= value <= INT64[1]
-
-
-def _unusable_name(name: str) -> str | None:
-    """Why ``name`` cannot name a file (a NUL byte, or a lone surrogate that is not Unicode text), or None.
-
-    >>> _unusable_name("a.png"), _unusable_name("a\\x00.png"), _unusable_name("a\\ud800.png")
-    (None, 'holds a NUL byte', 'is not valid Unicode (a lone surrogate)')
-    """
-    if "\x00" in name:
-        return "holds a NUL byte"
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return "is not valid Unicode (a lone surrogate)"
-    return None
 
 
 def _whole(value: Any) -> bool:
@@ -262,7 +247,7 @@ def _images(images: list[_Image], image_dir: str, source: Location) -> list[Imag
     ids = list(map(attrgetter("id"), images))
     names = list(map(attrgetter("file_name"), images))
     sizes = [list(map(attrgetter(name), images)) for name in ("width", "height")]
-    if "" in names or not _in_int64(ids) or any(_unusable_name(name) for name in names):
+    if "" in names or not _in_int64(ids) or any(name_problem(name) for name in names):
         raise _Slow
     for values in sizes:
         if float in _types(values):  # 640.0 is a size, 640.5 is not
@@ -311,7 +296,7 @@ def _images_slowly(raw_images: list, path: Path, image_dir: str, source: Locatio
                  f"images[{position}] needs an integer 'id'{_instead(raw)}")
         _require(isinstance(raw.get("file_name"), str) and raw["file_name"] != "",
                  path, f"image id {raw['id']} needs a non-empty string 'file_name'")
-        problem = _unusable_name(raw["file_name"])
+        problem = name_problem(raw["file_name"])
         _require(problem is None, path, f"image id {raw['id']}: 'file_name' {shown(raw['file_name'])} {problem}",
                  hint="fix the exporter's output: file names are text, without NUL or lone surrogate characters")
         width, height = raw.get("width"), raw.get("height")
