@@ -28,7 +28,7 @@ from cvtrain.config.explain import explain
 from cvtrain.config.schema import ChecksConfig
 from cvtrain.data.index import DatasetIndex
 from cvtrain.data.loading import build_index
-from cvtrain.data.module import DataModule
+from cvtrain.data.module import DataModule, check_splits
 from cvtrain.data.workers import worker_context
 from cvtrain.engine.callbacks import MetricsFile, fit_callbacks
 from cvtrain.engine.checkpoints import (
@@ -188,7 +188,7 @@ def _fit_in(run_dir: Path, config: Config, signals: StopSignals, started: float,
         check_checkpoint_fits(
             resume_from.hyper_parameters, config.task, index.task, index.class_names, resume_from.path
         )
-    DataModule(config, index).require_batches(1)  # both splits hold images, enough for BatchNorm: before any write
+    check_splits(config, index)  # both splits hold images, enough for BatchNorm: before anything is written
     # One run, one id: a resumed run keeps the id of the run in its folder; checkpoints carry it (RunIdentity).
     run_id = read_run_info(run_dir).get("run_id") if resume_from is not None else None
     run_id = run_id or uuid.uuid4().hex
@@ -221,7 +221,7 @@ def _fit_in(run_dir: Path, config: Config, signals: StopSignals, started: float,
     extra = list(callbacks or [])  # e.g. the sweep's pruning callback
     callbacks = [metrics_file, *fit_callbacks(config, run_dir, run_id), StopAtSafePoint(signals, run_dir), *extra]
     trainer = build_trainer(config, run_dir, callbacks=callbacks, monitor=task.monitor)
-    datamodule.require_batches(trainer.world_size)
+    check_splits(config, index, trainer.world_size)  # what the checks kept, over every process
     signals.defer()  # from here a signal stops at the next safe point, with a checkpoint
     with shared_with_workers(run_dir), warnings.catch_warnings():  # DDP processes started by Lightning inherit it
         if resume_from is not None:  # a resumed run's folder holds checkpoints, of course

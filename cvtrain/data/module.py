@@ -1,6 +1,7 @@
 """The LightningDataModule: splits of one index, datasets, loaders."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,34 @@ from cvtrain.data.workers import (
 )
 from cvtrain.errors import DataError
 from cvtrain.models.registry import MODELS
+
+
+def check_splits(config: Config, index: DatasetIndex, processes: int = 1) -> None:
+    """Refuse, before training, a spec whose training or validation split is empty, or whose training split gives
+    ``processes`` processes fewer images each than the model's BatchNorm layers need per batch. Counts only: no
+    split is built.
+
+    Raises:
+        DataError: one line naming the split (and the model).
+    """
+    counts = Counter(image.split for image in index.images)
+    for name in (config.data.train_split, config.data.val_split):
+        if not counts[name]:
+            raise _empty_split(index, name, counts)
+    need = MODELS[config.model.name].min_batch
+    images = counts[config.data.train_split]
+    if need > 1 and -(-images // processes) < need:
+        per = f"{images} training image(s)" + (f" over {processes} processes" if processes > 1 else "")
+        raise DataError(f"split '{config.data.train_split}' has {per}; {config.model.name} has BatchNorm layers that "
+                        f"need at least {need} images per batch in training", where=str(index.root),
+                        hint="add training images, or lower data.val_fraction")
+
+
+def _empty_split(index: DatasetIndex, name: str, counts: Counter | None = None) -> DataError:
+    counts = counts if counts is not None else Counter(image.split for image in index.images)
+    known = ", ".join(f"{n} ({counts[n]} images)" for n in index.split_names) or "none"
+    return DataError(f"split '{name}' has no images; splits found: {known}", where=str(index.root),
+                     hint="set data.splits, data.val_fraction, or data.train_split/val_split")
 
 
 def build_dataset(config: Config, index: DatasetIndex, *, train: bool) -> Dataset:
@@ -66,11 +95,7 @@ class DataModule(pl.LightningDataModule):
     def _split(self, name: str) -> DatasetIndex:
         part = self.index.split(name)
         if not part.images:
-            known = (
-                ", ".join(f"{n} ({len(self.index.split(n).images)} images)" for n in self.index.split_names) or "none"
-            )
-            raise DataError(f"split '{name}' has no images; splits found: {known}", where=str(self.index.root),
-                            hint="set data.splits, data.val_fraction, or data.train_split/val_split")
+            raise _empty_split(self.index, name)
         return part
 
     @property
@@ -115,20 +140,6 @@ class DataModule(pl.LightningDataModule):
         self.resume_order = None
         dataset = SeededItems(dataset, on_unreadable=self.config.data.on_unreadable, record=self.unreadable_log)
         return self._loader(dataset, batch_size=batch_size, drop_last=drop_last, sampler=self.train_sampler)
-
-    def require_batches(self, processes: int) -> None:
-        """Refuse a training split too small for the model's BatchNorm layers (one line, before training).
-
-        Raises:
-            DataError: each of ``processes`` would train on fewer images than the model needs per batch.
-        """
-        need = MODELS[self.config.model.name].min_batch
-        images = len(self.train_index.images)
-        if need > 1 and -(-images // processes) < need:
-            per = f"{images} training image(s)" + (f" over {processes} processes" if processes > 1 else "")
-            raise DataError(f"split '{self.config.data.train_split}' has {per}; {self.config.model.name} has BatchNorm "
-                            f"layers that need at least {need} images per batch in training",
-                            where=str(self.index.root), hint="add training images, or lower data.val_fraction")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(build_dataset(self.config, self.val_index, train=False),
