@@ -43,6 +43,11 @@ API_KEYS = {  # API/CLI argument -> config path
 
 def read_yaml(path: Path) -> Any:
     """``yaml.safe_load`` a file; errors name the file, line and column."""
+    return read_yaml_text(path)[0]
+
+
+def read_yaml_text(path: Path) -> tuple[Any, str]:
+    """``read_yaml`` and the file's text (which an error message reads for a key's line), from one read."""
     if not path.is_file():
         raise ConfigError("file not found", where=str(path), hint="check the path given to -c/--config or --data")
     try:
@@ -50,13 +55,12 @@ def read_yaml(path: Path) -> Any:
     except UnicodeDecodeError:
         raise ConfigError("not UTF-8 text", where=str(path), hint="save the spec as UTF-8") from None
     try:
-        return safe_load(text)
+        return safe_load(text), text
     except yaml.constructor.ConstructorError as error:
         if "tag" not in (error.problem or ""):  # "found unhashable key" ({[1, 2]: x}): not a tag
             raise ConfigError(f"invalid YAML: {error.problem}", where=_at(path, error.problem_mark),
                               hint="fix the syntax at that position") from None
-        mark = error.problem_mark
-        raise ConfigError(f"refused YAML tag: {error.problem}", where=f"{path}:{mark.line + 1}:{mark.column + 1}",
+        raise ConfigError(f"refused YAML tag: {error.problem}", where=_at(path, error.problem_mark),
                           hint="specs are plain data; python/object tags are never executed") from None
     except yaml.YAMLError as error:
         where = _at(path, getattr(error, "problem_mark", None))
@@ -166,7 +170,7 @@ def load_config(
         tree = copy.deepcopy(dict(spec))  # overrides must not reach into the caller's dict
     else:
         path = Path(spec)
-        tree = read_yaml(path)
+        tree, text = read_yaml_text(path)
         source = str(path)
         if tree is None:
             raise ConfigError("spec is empty", where=source, hint="see configs/detection/ for examples")
@@ -175,17 +179,17 @@ def load_config(
                               hint="see configs/detection/ for examples")
         resolve_root(tree.get("data"), path.parent.resolve(), source)
         tree.setdefault("name", path.stem)
-        text_lines = (path, path.read_text(encoding="utf-8"))
+        text_lines = (path, text)
     if data is not None:
         data_path = Path(data)
-        section = read_yaml(data_path)
+        section, data_text = read_yaml_text(data_path)
         if not isinstance(section, dict):
             raise ConfigError("dataset file must be a mapping (format, root, splits, classes)", where=str(data_path),
                               hint="see 'Your own data' in README.md")
         resolve_root(section, data_path.parent.resolve(), str(data_path))
         tree["data"] = section
         origin["data"] = str(data_path)
-        data_file = (str(data_path), data_path.read_text(encoding="utf-8"))
+        data_file = (str(data_path), data_text)
     # dotted key -> (value, who set it) before an override or argument replaced it: an error names that value
     earlier: dict[str, tuple[Any, str]] = {}
 
@@ -267,7 +271,7 @@ def load_data_description(path: Path, overrides: list[tuple[str, Any]] | None = 
     Raises:
         ConfigError: the file is missing, not YAML, not a mapping, or invalid.
     """
-    tree = read_yaml(path)
+    tree, text = read_yaml_text(path)
     if isinstance(tree, dict) and "data" in tree and "format" not in tree:
         return load_config(path, dict(overrides or []))
     if not isinstance(tree, dict):
@@ -282,6 +286,6 @@ def load_data_description(path: Path, overrides: list[tuple[str, Any]] | None = 
     try:
         return DataConfig.model_validate(tree)
     except ValidationError as error:
-        raise explain(error, source=str(path), section="data", text=path.read_text(encoding="utf-8")) from None
+        raise explain(error, source=str(path), section="data", text=text) from None
 
 

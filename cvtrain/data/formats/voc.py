@@ -19,16 +19,14 @@ def _text(element: ET.Element | None, tag: str) -> str | None:
 
 
 def _coordinate(obj: ET.Element, tag: str, where: str) -> float:
-    value = _text(obj.find("bndbox"), tag)
-    if value is None and obj.find(f"bndbox/{tag}") is not None or value == "":
+    child = obj.find(f"bndbox/{tag}")
+    if child is None:
+        raise DataError(f"object without bndbox/{tag}", where=where,
+                        hint="every <object> needs <bndbox> with xmin, ymin, xmax, ymax")
+    value = (child.text or "").strip()
+    if not value:
         raise DataError(f"bndbox/{tag} is empty", where=where,
                         hint="write the coordinate in pixels, e.g. <ymin>12</ymin>")
-    if value is None:
-        raise DataError(
-            f"object without bndbox/{tag}",
-            where=where,
-            hint="every <object> needs <bndbox> with xmin, ymin, xmax, ymax",
-        )
     try:
         return float(value)
     except ValueError:
