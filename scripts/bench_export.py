@@ -145,8 +145,8 @@ def main() -> None:
         class_masks(shapes)
         images = args.images or shapes / "images"
         names = [None] if args.checkpoint else sorted(MODELS) if args.all else args.models
-        print(f"{'model':<36}{'export s':>9}{'MB':>7}{'box px':>9}{'score':>9}{'mask IoU':>9}{'logits':>9}"
-              f"{'tied':>6}  {'parity':<7}{'torch img/s':>12}{'onnx img/s':>11}{'ratio':>7}")
+        print(f"{'model':<36}{'export s':>9}{'check s':>8}{'MB':>7}{'box px':>9}{'score':>9}{'mask IoU':>9}{'logits':>9}"
+              f"{'tied':>6}{'unst':>6}  {'parity':<7}{'torch img/s':>12}{'onnx img/s':>11}{'ratio':>7}")
         for name in names:
             if name is None:
                 checkpoint = args.checkpoint
@@ -156,10 +156,10 @@ def main() -> None:
                 checkpoint = random_checkpoint(name, args.image_size, folder)
             row = measure(checkpoint, images, folder / f"{name or checkpoint.stem}.onnx", args.count, args.repeats)
             worst = row["worst"]
-            print(f"{row['model']:<36}{row['export_s']:>9.1f}{row['mb']:>7.1f}"
+            print(f"{row['model']:<36}{row['export_s']:>9.1f}{row['total_s']:>8.1f}{row['mb']:>7.1f}"
                   + cell(worst.get("box"), "{:.1e}", 9) + cell(worst.get("score"), "{:.1e}", 9)
                   + cell(worst.get("mask_iou"), "{:.4f}", 9) + cell(worst.get("logits"), "{:.1e}", 9)
-                  + f"{worst.get('tied', 0):>6}  {'holds' if row['ok'] else 'FAILS':<7}"
+                  + f"{worst.get('tied', 0):>6}{worst.get('unstable', 0):>6}  {'holds' if row['ok'] else 'FAILS':<7}"
                   + f"{row['torch']:>12.1f}{row['onnx']:>11.1f}{row['onnx'] / row['torch']:>7.2f}", flush=True)
 
 
