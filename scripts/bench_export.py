@@ -9,6 +9,7 @@ on 8 images), and both runtimes are timed on the same ``--count`` images, one im
 call, with the same number of CPU threads (``--threads``; onnxruntime gets ``torch.get_num_threads()``); the
 best of ``--repeats`` rounds counts for each runtime.
 
+A model that cannot take ``--image-size`` (``ssd300_vgg16`` needs 268 px) runs at its smallest size, said in its row.
 A few steps from scratch leave MobileNetV3 detectors (SSDlite above all: its BatchNorm statistics move slowly)
 scoring most anchors alike; a parity check then compares ties. Give such models a trained ``--checkpoint``.
 
@@ -148,15 +149,17 @@ def main() -> None:
         print(f"{'model':<36}{'export s':>9}{'check s':>8}{'MB':>7}{'box px':>9}{'score':>9}{'mask IoU':>9}{'logits':>9}"
               f"{'tied':>6}{'unst':>6}  {'parity':<7}{'torch img/s':>12}{'onnx img/s':>11}{'ratio':>7}")
         for name in names:
+            size = max(args.image_size, MODELS[name].min_image_size) if name else args.image_size
             if name is None:
                 checkpoint = args.checkpoint
             elif args.steps:
-                checkpoint = trained_checkpoint(name, shapes, args.image_size, args.steps, folder)
+                checkpoint = trained_checkpoint(name, shapes, size, args.steps, folder)
             else:
-                checkpoint = random_checkpoint(name, args.image_size, folder)
+                checkpoint = random_checkpoint(name, size, folder)
             row = measure(checkpoint, images, folder / f"{name or checkpoint.stem}.onnx", args.count, args.repeats)
             worst = row["worst"]
-            print(f"{row['model']:<36}{row['export_s']:>9.1f}{row['total_s']:>8.1f}{row['mb']:>7.1f}"
+            label = row["model"] + (f" ({size} px)" if size != args.image_size else "")
+            print(f"{label:<36}{row['export_s']:>9.1f}{row['total_s']:>8.1f}{row['mb']:>7.1f}"
                   + cell(worst.get("box"), "{:.1e}", 9) + cell(worst.get("score"), "{:.1e}", 9)
                   + cell(worst.get("mask_iou"), "{:.4f}", 9) + cell(worst.get("logits"), "{:.1e}", 9)
                   + f"{worst.get('tied', 0):>6}{worst.get('unstable', 0):>6}  {'holds' if row['ok'] else 'FAILS':<7}"

@@ -113,6 +113,14 @@ def test_model_must_fit_task(tmp_path):
         load_config(write(tmp_path / "spec.yaml", MINIMAL), ["model.name=lraspp_mobilenet_v3_large"])
 
 
+def test_an_image_size_the_model_cannot_take_is_refused_before_anything_is_built(tmp_path):
+    # ssd300_vgg16 at 267 px fails in its last convolution ("Kernel size can't be greater than actual input size")
+    with pytest.raises(ConfigError, match=r"train.image_size 128 is too small for 'ssd300_vgg16'.*at least 268 px"):
+        load_config(write(tmp_path / "spec.yaml", MINIMAL), ["model.name=ssd300_vgg16", "train.image_size=128"])
+    assert load_config(write(tmp_path / "spec.yaml", MINIMAL), ["model.name=ssd300_vgg16",
+                                                                  "train.image_size=268"]).train.image_size == 268
+
+
 def test_saved_config_reloads_identical(tmp_path):
     config = load_config(
         write(tmp_path / "spec.yaml", MINIMAL), ["train.optimizer.lr=0.005", "augment.hflip=0.0"], amp="fp16"

@@ -22,6 +22,17 @@ def test_registry_refuses_duplicates():
         register_model("fcos_resnet50_fpn", "detection", MODELS["fcos_resnet50_fpn"].builder)
 
 
+def test_ssd300_min_image_size_is_the_smallest_input_it_takes():
+    entry = MODELS["ssd300_vgg16"]
+    model = entry.builder(weights=None, weights_backbone=None, num_classes=2).eval()
+    with torch.no_grad():
+        model.transform.fixed_size = (entry.min_image_size, entry.min_image_size)
+        assert model([torch.rand(3, entry.min_image_size, entry.min_image_size)])[0]["boxes"].shape[1] == 4
+        model.transform.fixed_size = (entry.min_image_size - 1, entry.min_image_size - 1)
+        with pytest.raises(RuntimeError, match="Kernel size can't be greater than actual input size"):
+            model([torch.rand(3, entry.min_image_size, entry.min_image_size)])
+
+
 @pytest.mark.parametrize("name", DETECTORS)
 def test_shipped_detector_builds_for_the_dataset_classes_and_trains(name):
     config = load_config(REPO / "configs" / "detection" / f"{name}.yaml", ["model.weights=null"])

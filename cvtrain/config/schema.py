@@ -309,6 +309,11 @@ class Config(StrictModel):
         if self.train.batch_size < need:
             raise ValueError(f"train.batch_size {self.train.batch_size} is too small for {self.model.name!r}: its "
                              f"BatchNorm layers need at least {need} images per batch in training")
+        smallest = MODELS[self.model.name].min_image_size
+        if self.train.image_size < smallest:
+            raise ValueError(f"train.image_size {self.train.image_size} is too small for {self.model.name!r}: its "
+                             f"last layers need an input of at least {smallest} px (set train.image_size={smallest} "
+                             "or more)")
         served = FORMAT_TASKS.get(self.data.format)
         if served is not None and self.task not in served:
             raise ValueError(f"format {self.data.format!r} holds {' or '.join(served)} data but task is {self.task!r}"

@@ -29,6 +29,8 @@ class ModelEntry:
     fixed_size: bool = False  # SSD-style models that resize to a square
     # BatchNorm on 1x1 maps (SSDlite's extra layers, DeepLabV3's image pooling) needs two images per batch in training
     min_batch: int = 1
+    # SSD300's last layers are unpadded 3x3 convolutions: below 268 px their input is smaller than the kernel
+    min_image_size: int = 32
 
     @property
     def builder(self) -> Callable[..., nn.Module]:
@@ -59,7 +61,7 @@ for _name in ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrc
               "fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2",
               "fcos_resnet50_fpn"):
     register_model(_name, "detection", _detection + _name)
-register_model("ssd300_vgg16", "detection", _detection + "ssd300_vgg16", fixed_size=True)
+register_model("ssd300_vgg16", "detection", _detection + "ssd300_vgg16", fixed_size=True, min_image_size=268)
 register_model("ssdlite320_mobilenet_v3_large", "detection", _detection + "ssdlite320_mobilenet_v3_large",
                fixed_size=True, min_batch=2)
 for _name in ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2"):
