@@ -146,8 +146,8 @@ def main() -> None:
         class_masks(shapes)
         images = args.images or shapes / "images"
         names = [None] if args.checkpoint else sorted(MODELS) if args.all else args.models
-        print(f"{'model':<36}{'export s':>9}{'check s':>8}{'MB':>7}{'box px':>9}{'score':>9}{'mask IoU':>9}{'logits':>9}"
-              f"{'tied':>6}{'unst':>6}  {'parity':<7}{'torch img/s':>12}{'onnx img/s':>11}{'ratio':>7}")
+        print(f"{'model':<36}{'export s':>9}{'check s':>8}{'MB':>7}{'box px':>9}{'score':>9}{'mask IoU':>9}"
+              f"{'logits':>9}{'tied':>6}{'unst':>6}  {'parity':<7}{'torch img/s':>12}{'onnx img/s':>11}{'ratio':>7}")
         for name in names:
             size = max(args.image_size, MODELS[name].min_image_size) if name else args.image_size
             if name is None:

@@ -18,11 +18,12 @@ A few detections may still differ where PyTorch's own answer hangs on a near-tie
 whose scores agree to the 7th digit (non-maximum suppression keeps one, and which one is decided by rounding), or
 a proposal at the IoU threshold of the region proposal network. The rounding of the two runtimes differs, so they
 may decide differently. When an image fails only by such a handful (unmatched detections of both runtimes
-together at most 2, or ``UNSTABLE_SHARE`` of PyTorch's detections where that is more: one flip is 2), PyTorch runs again on up to ``UNSTABLE_TRIES`` copies of the image moved by seeded noise of at most
-``UNSTABLE_NOISE`` (1/400 of one grey level); if the file's answer passes the same rules against one of those, the
-image holds and its differing detections are counted as ``unstable``: the file disagrees with PyTorch no more than
-PyTorch disagrees with itself. A file with changed weights or a wrong graph differs on most detections and is
-never retried.
+together at most 2, or ``UNSTABLE_SHARE`` of PyTorch's detections where that is more: one flip is 2), PyTorch
+runs again on up to ``UNSTABLE_TRIES`` copies of the image moved by seeded noise of at most ``UNSTABLE_NOISE``
+(1/400 of one grey level); if the file's answer passes the same rules against one of those, the image holds
+and its differing detections are counted as ``unstable``: the file disagrees with PyTorch no more than PyTorch
+disagrees with itself. A file with changed weights or a wrong graph differs on most detections and is never
+retried.
 """
 from __future__ import annotations
 
