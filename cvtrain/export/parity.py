@@ -236,7 +236,7 @@ class ParityReport:
             cells = [f"{v:9.2g}" if v is not None else f"{'-':>9}" for v in (image.box, image.score, image.logits)]
             iou = f"{image.mask_iou:8.4f}" if image.mask_iou is not None else f"{'-':>8}"
             verdict = "; ".join(image.problems) if not image.ok else "ok" + "".join(
-                f" ({count} {what})" for count, what in ((image.tied, "tied"), (image.unstable, "unstable")) if count)
+                f" ({n} {what})" for n, what in ((image.tied, "tied"), (image.unstable, "unstable")) if n)
             lines.append(f"{image.image[-28:]:<28} {count:>10} {' '.join(cells)} {iou}  {verdict}")
         return "\n".join(lines)
 
