@@ -123,6 +123,30 @@ def test_calibration_makes_a_shy_class_comparable(tmp_path):
     assert records[0].kind == "swapped"
 
 
+def test_a_box_the_model_also_fits_is_not_badly_located_by_a_looser_detection(tmp_path):
+    """A confident box around two objects overlaps each annotation partly (fold models trained briefly on photos
+    draw one box around two raccoons) and outranks the model's own, less confident, tight box of the annotation.
+    The tight box still says the annotation is found where it is: the more confident, the less it is flagged."""
+    clean = clean_set(images=40, seed=5)
+    target = next(a for a in clean["annotations"] if a["bbox"][0] > 10 and a["bbox"][1] > 10 and a["bbox"][2] > 30)
+    x, y, w, h = target["bbox"]
+    loose = {"image_id": target["image_id"], "category_id": target["category_id"],
+             "bbox": [x - 10, y - 10, w + 20, h + 20], "score": 0.99}
+    assert 0.36 < _iou(loose["bbox"], target["bbox"]) < 0.5  # score x overlap above a tight box's at score 0.35
+    others = [p for p in predictions_from_truth(clean)
+              if not (p["image_id"] == target["image_id"] and _iou(p["bbox"], target["bbox"]) > 0.5)]
+
+    def badly(tight_score: float | None) -> float:
+        tight = [] if tight_score is None else [{"image_id": target["image_id"], "category_id": target["category_id"],
+                                                 "bbox": [x + 0.5, y + 0.5, w, h], "score": tight_score}]
+        records, _ = score_annotations(index_of(clean, tmp_path), others + [loose] + tight, AuditConfig())
+        return next(r for r in records if r.annotation_id == target["id"]).kind_scores["badly_located"]
+
+    assert badly(None) > 0.9  # nothing fits the annotation: the loose box says it is off
+    assert badly(0.35) < 0.6  # a tight box at about half the class's usual score: half the doubt (1.0 before)
+    assert badly(0.9) < 0.05  # a confident tight box: not badly located
+
+
 def test_box_and_mask_overlaps_match_pycocotools():
     rng = np.random.default_rng(0)
     first = np.c_[rng.uniform(0, 50, (5, 2)), rng.uniform(1, 40, (5, 2))]

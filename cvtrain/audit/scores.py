@@ -11,7 +11,9 @@ self-confidence), so a class the model is shy about is judged by its own standar
 - ``badly_located``: ``r_k' * clip((l_k - iou) / (l_k - match_iou), 0, 1)`` with the best same-class prediction
   from ``audit.near_iou`` on (``r_k'`` its calibrated score, ``iou`` its overlap, ``l_k`` the median overlap of
   the class's confidently found annotations: how well the model usually fits class ``k``); an overlap at or
-  below ``match_iou`` is as bad as it gets, one as good as usual is fine;
+  below ``match_iou`` is as bad as it gets, one as good as usual is fine; times ``1 - r_fit``, with ``r_fit`` the
+  calibrated score of the best same-class prediction that fits the box by ``l_k`` or more (the model also finds
+  the object where it is given: the partial overlap is a looser detection);
 - ``spurious``: ``1 - max_c r_c`` with predictions from ``audit.near_iou`` on (nothing of any class is near);
 - ``missing``: ``r_c`` of a prediction that overlaps no annotation by ``audit.missing_iou`` (one per object:
   class-agnostic NMS at ``match_iou``).
@@ -135,6 +137,7 @@ class _ImageEvidence:
     scores: np.ndarray  # (P,)
     lonely: np.ndarray  # (P,) bool: overlaps no annotation by missing_iou
     pairwise: np.ndarray  # (P, P) prediction overlaps, for the NMS of missing objects
+    overlap: np.ndarray  # (A, P) overlaps of the scored annotations with the predictions
 
 
 def _evidence(index: DatasetIndex, image_id: int, predictions: list[dict], config, use_masks: bool) -> _ImageEvidence:
@@ -184,7 +187,7 @@ def _evidence(index: DatasetIndex, image_id: int, predictions: list[dict], confi
             located[row], located_iou[row], located_score[row] = best_row, overlap[row, best_row], scores[best_row]
     lonely = (overlap_all.max(axis=0) < config.missing_iou) if len(all_annotations) else np.ones(len(predictions), bool)
     return _ImageEvidence(image_id, scored, labels, support, support_at, near, located, located_iou, located_score,
-                          boxes, pred_classes, scores, lonely, pairwise)
+                          boxes, pred_classes, scores, lonely, pairwise, overlap)
 
 
 def calibrate(evidence: list[_ImageEvidence], num_classes: int,
@@ -267,7 +270,11 @@ def _annotation_records(item: _ImageEvidence, thresholds: np.ndarray, typical: n
             confidence = min(item.located_score[row] / thresholds[label], 1.0)
             span = max(typical[label] - config.match_iou, 1e-6)
             shortfall = float(np.clip((typical[label] - item.located_iou[row]) / span, 0.0, 1.0))
-            badly = float(confidence * shortfall)
+            # ... unless the model also fits the given box as well as it usually fits the class: then the given box
+            # is found where it is, and the partial overlap is another, looser detection (a box around two animals)
+            fits = (item.classes == label) & (item.overlap[row] >= typical[label])
+            fit = min(float(item.scores[fits].max(initial=0.0)) / thresholds[label], 1.0)
+            badly = float(confidence * shortfall * (1.0 - fit))
         else:
             badly = 0.0
         kind_scores = {"swapped": swapped, "badly_located": badly, "spurious": spurious}
