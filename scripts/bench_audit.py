@@ -1,6 +1,6 @@
 """How well ``cvtrain audit`` finds planted label errors, side by side with cleanlab on the same predictions.
 
-    python scripts/bench_audit.py                       # 1,000 shapes images, 4 folds, r = 5/10/20 %
+    python scripts/bench_audit.py                       # 1,000 shapes images, 4 folds x 7 epochs, r = 5/10/20 %
     python scripts/bench_audit.py --images 400 --folds 3 --epochs 4 --rates 0.1   # a smaller configuration
 
 Protocol (seeded; ``cvtrain/audit/planting.py`` has the details):
@@ -235,7 +235,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--folds", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=4, help="epochs of each fold model")
+    parser.add_argument("--epochs", type=int, default=7, help="epochs of each fold model (default 7)")
     parser.add_argument("--rates", default="0.05,0.1,0.2")
     parser.add_argument("--out", default="runs/bench-audit")
     parser.add_argument("--rescore", action="store_true",
