@@ -262,8 +262,7 @@ def _annotation_records(item: _ImageEvidence, thresholds: np.ndarray, typical: n
         others[label] = -1.0
         other = int(np.argmax(others))
         raw_swap = item.support[row, other] * (1.0 - item.support[row, label]) if others[other] >= 0 else 0.0
-        swapped = float((1.0 - TIE_BREAK) * max(others[other], 0.0) * (1.0 - calibrated[row, label])
-                        + TIE_BREAK * raw_swap)
+        swapped = float(_tie_broken(max(others[other], 0.0) * (1.0 - calibrated[row, label]), raw_swap))
         spurious = float(1.0 - calibrated_near[row].max())
         located = item.located[row]
         if located >= 0:
@@ -297,6 +296,11 @@ def _annotation_records(item: _ImageEvidence, thresholds: np.ndarray, typical: n
     return records
 
 
+def _tie_broken(calibrated, raw):
+    """A calibrated score with ``TIE_BREAK`` of the same expression on raw scores mixed in (arrays or floats)."""
+    return (1.0 - TIE_BREAK) * calibrated + TIE_BREAK * raw
+
+
 def _missing_records(item: _ImageEvidence, thresholds: np.ndarray, category_ids: list[int], config) -> list[Record]:
     candidates = np.flatnonzero(item.lonely)
     if not len(candidates):
@@ -307,7 +311,7 @@ def _missing_records(item: _ImageEvidence, thresholds: np.ndarray, category_ids:
     for column in order:  # one record per object: class-agnostic NMS over the candidates
         if all(item.pairwise[column, other] < config.match_iou for other in kept):
             kept.append(int(column))
-    score = (1.0 - TIE_BREAK) * calibrated + TIE_BREAK * item.scores
+    score = _tie_broken(calibrated, item.scores)
     return [Record("missing", float(score[c]), item.image_id, None, None,
                    {"action": "add", "category_id": category_ids[item.classes[c]], "bbox": _box(item.boxes[c]),
                     "confidence": round(float(item.scores[c]), 5)}, {"missing": float(score[c])})
