@@ -147,6 +147,27 @@ def test_a_box_the_model_also_fits_is_not_badly_located_by_a_looser_detection(tm
     assert badly(0.9) < 0.05  # a confident tight box: not badly located
 
 
+def test_saturated_scores_are_ordered_by_the_raw_evidence(tmp_path):
+    """Two annotations whose only same-class prediction sits beside them, both above the class's threshold: both
+    calibrated scores are 1, and the more confident prediction ranks its annotation first (a tie would leave them in
+    file order, which puts the other one first here)."""
+    clean = clean_set(images=40, seed=5)
+    movable = [a for a in clean["annotations"] if a["bbox"][0] > 30 and a["bbox"][2] > 20]
+    first, second = movable[0], next(a for a in movable if a["image_id"] != movable[0]["image_id"])
+    predictions = [p for p in predictions_from_truth(clean)
+                   if not any(p["image_id"] == a["image_id"] and _iou(p["bbox"], a["bbox"]) > 0.1
+                              for a in (first, second))]
+    for annotation, score in ((first, 0.9), (second, 0.99)):
+        x, y, w, h = annotation["bbox"]
+        predictions.append({"image_id": annotation["image_id"], "category_id": annotation["category_id"],
+                            "bbox": [x - 0.45 * w, y, w, h], "score": score})
+    records, calibration = score_annotations(index_of(clean, tmp_path), predictions, AuditConfig())
+    assert max(calibration.thresholds.values()) < 0.9  # both predictions are confident: calibrated scores of 1
+    assert [(r.annotation_id, r.kind) for r in records[:2]] == [(second["id"], "badly_located"),
+                                                               (first["id"], "badly_located")]
+    assert 0.999 < records[1].score < records[0].score <= 1.0
+
+
 def test_box_and_mask_overlaps_match_pycocotools():
     rng = np.random.default_rng(0)
     first = np.c_[rng.uniform(0, 50, (5, 2)), rng.uniform(1, 40, (5, 2))]

@@ -18,8 +18,9 @@ self-confidence), so a class the model is shy about is judged by its own standar
 - ``missing``: ``r_c`` of a prediction that overlaps no annotation by ``audit.missing_iou`` (one per object:
   class-agnostic NMS at ``match_iou``).
 
-``swapped`` and ``missing`` mix in ``TIE_BREAK`` (0.1 %) of the same expression on raw scores: ``r_c`` is 1 for every
-prediction above ``t_c``, and the raw score orders those ties (the more confident prediction first).
+Every kind mixes in ``TIE_BREAK`` (0.1 %) of the same expression on raw scores: ``r_c`` is 1 for every prediction
+above ``t_c``, and the raw score orders those ties (the more confident prediction first), within a kind and across
+kinds (an image's score is its highest record).
 
 An annotation's record takes the kind that scores highest. Semantic segmentation scores connected regions of one
 class in the given mask: the mean over the region's pixels of ``r_c`` for the pixels whose predicted class ``c`` is
@@ -263,7 +264,7 @@ def _annotation_records(item: _ImageEvidence, thresholds: np.ndarray, typical: n
         other = int(np.argmax(others))
         raw_swap = item.support[row, other] * (1.0 - item.support[row, label]) if others[other] >= 0 else 0.0
         swapped = float(_tie_broken(max(others[other], 0.0) * (1.0 - calibrated[row, label]), raw_swap))
-        spurious = float(1.0 - calibrated_near[row].max())
+        spurious = float(_tie_broken(1.0 - calibrated_near[row].max(), 1.0 - item.near[row].max()))
         located = item.located[row]
         if located >= 0:
             confidence = min(item.located_score[row] / thresholds[label], 1.0)
@@ -273,7 +274,9 @@ def _annotation_records(item: _ImageEvidence, thresholds: np.ndarray, typical: n
             # is found where it is, and the partial overlap is another, looser detection (a box around two animals)
             fits = (item.classes == label) & (item.overlap[row] >= typical[label])
             fit = min(float(item.scores[fits].max(initial=0.0)) / thresholds[label], 1.0)
-            badly = float(confidence * shortfall * (1.0 - fit))
+            raw_fit = float(item.scores[fits].max(initial=0.0))
+            badly = float(_tie_broken(confidence * shortfall * (1.0 - fit),
+                                      item.located_score[row] * shortfall * (1.0 - raw_fit)))
         else:
             badly = 0.0
         kind_scores = {"swapped": swapped, "badly_located": badly, "spurious": spurious}
