@@ -216,7 +216,7 @@ def evaluate(out_dir: Path, noisy: dict, truth: dict, flag_threshold: float) -> 
         positive_array = np.array([i in positives for i in image_ids])[keep]
         results["image"][kind] = {"ours": ranked_metrics(ours_array[keep], positive_array),
                                   "cleanlab": ranked_metrics(cl_array[keep], positive_array)}
-    flagged_ours = {r["image_id"] for r in audit["records"] if r["score"] >= flag_threshold}
+    flagged_ours = {r["image_id"] for r in audit["records"] if r["flagged"]}
     flagged_cl = {image_ids[i] for i in np.flatnonzero(cl_flags)}
 
     def precision_recall(flagged: set) -> dict:

@@ -22,7 +22,9 @@ SPEC = {
     "train": {"max_epochs": 1, "batch_size": 4, "image_size": 64, "num_workers": 0},
     "trainer": {"accelerator": "cpu"},
     "checks": {"workers": 1, "use_cache": False},
-    "audit": {"folds": 2, "max_steps": 2, "top": 4, "batch_size": 4},
+    # fold models of 2 steps learn no class: a floor this low keeps their classes judged (not weak_classes), so
+    # the files have flagged records to check; test_audit_scores.py tests how weak classes are set aside
+    "audit": {"folds": 2, "max_steps": 2, "top": 4, "batch_size": 4, "min_threshold": 0.01},
 }
 
 
@@ -56,6 +58,7 @@ def test_audit_writes_its_reports_and_changes_nothing(audited):
     annotation_records = [r for r in payload["records"] if r["annotation_id"] is not None]
     assert sorted(r["annotation_id"] for r in annotation_records) == sorted(a["id"] for a in dataset["annotations"])
     assert [r["rank"] for r in payload["records"]] == list(range(1, len(payload["records"]) + 1))
+    assert payload["weak_classes"] == [] and not any(r["weak_class"] for r in payload["records"])
     scores = [r["score"] for r in payload["records"]]
     assert scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 for s in scores)
     assert {r["kind"] for r in payload["records"]} <= {"swapped", "badly_located", "missing", "spurious"}
@@ -129,6 +132,15 @@ def test_checkpoint_mode_says_its_scores_are_in_sample(audited, tmp_path):
                                   "per_class": {}}]
     with pytest.raises(cvtrain.CvtrainError, match="not empty"):
         cvtrain.audit(checkpoint=checkpoint, out=tmp_path / "in-sample")
+    # at a floor of 0.5 this 2-step model has learned no class: nothing can be judged, so nothing is flagged
+    weak = cvtrain.audit(checkpoint=checkpoint, overrides={"data.root": str(folder / "data/shapes"),
+                                                           "audit.min_threshold": 0.5},
+                         out=tmp_path / "weak", skip_checks=True)
+    payload = json.loads(weak.audit_file.read_text())
+    assert weak.weak_classes == payload["weak_classes"] == ["square", "disc", "triangle"]
+    assert weak.flagged == 0 and weak.set_aside == payload["summary"]["weak_class"] > 0
+    assert all(r["weak_class"] and not r["flagged"] for r in payload["records"])
+    assert "not learned" in weak._repr_html_() and len(weak.csv_file.read_text().splitlines()) == 1
 
 
 def test_semantic_masks_are_audited_by_region(tmp_path):

@@ -168,6 +168,45 @@ def test_saturated_scores_are_ordered_by_the_raw_evidence(tmp_path):
     assert 0.999 < records[1].score < records[0].score <= 1.0
 
 
+def test_records_resting_on_a_class_the_model_has_not_learned_are_set_aside(tmp_path):
+    """The model scores triangles at a twentieth of what it gives the others: it has not learned them (mean score
+    where annotated below audit.min_threshold). Records whose given or suggested class is the triangle are kept in
+    audit.json but never flagged, ranked after every other record, and left in by checks.audit; a planted spurious
+    box of a learned class still comes first."""
+    from types import SimpleNamespace
+
+    from cvtrain.audit.apply import AuditFile, drop_flagged
+    from cvtrain.audit.report import build_payload
+
+    clean = clean_set(images=40, seed=5)
+    noisy, truth = plant_errors(clean, {"spurious": 2}, seed=4)
+    predictions = predictions_from_truth(clean)
+    for prediction in predictions:
+        if prediction["category_id"] == 3:
+            prediction["score"] /= 20
+    index = index_of(noisy, tmp_path)
+    config = SimpleNamespace(audit=AuditConfig())
+    records, calibration = score_annotations(index, predictions, config.audit)
+    payload = build_payload(index, records, calibration, config, mode="out_of_fold", models=[], seconds=0.0)
+    assert payload["weak_classes"] == ["triangle"]
+    rows = payload["records"]
+    on_triangle = [r["weak_class"] for r in rows]
+    assert on_triangle == sorted(on_triangle) and any(on_triangle)  # the set-aside records come last
+    for row in rows:
+        rests = 3 in ((row["given"] or {}).get("category_id"), row["suggested"].get("category_id"))
+        assert row["weak_class"] == rests and not (rests and row["flagged"])
+    raw_flags = sum(r.score >= 0.5 for r in records)
+    assert payload["summary"]["weak_class"] > 0
+    assert payload["summary"]["flagged"] + payload["summary"]["weak_class"] == raw_flags
+    learned = [r for r in rows if r["annotation_id"] in truth["spurious"] and not r["weak_class"]]
+    assert learned and all(r["flagged"] and r["kind"] == "spurious" for r in learned)
+    assert rows[0]["annotation_id"] in {r["annotation_id"] for r in learned}
+    kept, dropped = drop_flagged(index, AuditFile(tmp_path / "audit.json", payload), 0.5, tmp_path, write=False)
+    triangles = {a.id for a in index.annotations if a.category_id == 3}
+    assert triangles <= {a.id for a in kept.annotations} and dropped.annotations == sum(
+        r["flagged"] and r["annotation_id"] is not None for r in rows)
+
+
 def test_box_and_mask_overlaps_match_pycocotools():
     rng = np.random.default_rng(0)
     first = np.c_[rng.uniform(0, 50, (5, 2)), rng.uniform(1, 40, (5, 2))]

@@ -70,7 +70,8 @@ def drop_flagged(index: DatasetIndex, audit: AuditFile, threshold: float, run_di
     Raises:
         DataError: the audit names annotations that this dataset does not have (another dataset's audit).
     """
-    records = [r for r in audit.payload["records"] if r.get("score", 0.0) >= threshold]
+    # records resting on a class the fold models did not learn are never flagged (weak_class), whatever the threshold
+    records = [r for r in audit.payload["records"] if r.get("score", 0.0) >= threshold and not r.get("weak_class")]
     by_id = {annotation.id: annotation for annotation in index.annotations}
     dropped_annotations, dropped_images = [], {}
     strangers = []

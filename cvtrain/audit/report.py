@@ -11,15 +11,18 @@ request, a corrected COCO copy for review. Nothing in the dataset is changed.
     models: [{fold, images, checkpoint, metrics, per_class}],
     calibration: {class name: {category_id, threshold, mean_self_confidence, typical_iou, supported}},
     weak_classes: [class names the model is less sure of than audit.min_threshold: their labels cannot be judged],
-    summary: {records, flagged, by_kind: {kind: {records, flagged}}},
+    summary: {records, flagged, weak_class, by_kind: {kind: {records, flagged}}},
     images: [{image_id, file_name, score, flagged}]            (highest score first)
-    records: [{rank, kind, score, flagged, image_id, file_name, annotation_id,
+    records: [{rank, kind, score, flagged, weak_class, image_id, file_name, annotation_id,
                given: {category_id, category, bbox[, pixels]} | null,
                suggested: {action, category_id, category, bbox, confidence[, iou]},
-               kind_scores: {kind: score}}]                    (highest score first)
+               kind_scores: {kind: score}}]
 
 Boxes are ``[x, y, width, height]`` in the original image's pixels. Every scored annotation has a record; missing
-annotations have ``annotation_id`` null and ``given`` null.
+annotations have ``annotation_id`` null and ``given`` null. A record whose given or suggested class is one of
+``weak_classes`` has ``weak_class`` true: the model cannot judge it, so it is never flagged, and it is ranked after
+every other record (highest score first within each group). An image's score is its highest record that is not
+``weak_class``; ``summary.weak_class`` counts the records set aside that would otherwise have been flagged.
 """
 from __future__ import annotations
 
@@ -51,21 +54,26 @@ def build_payload(index: DatasetIndex, records: list[Record], calibration: Calib
     names = {category.id: category.name for category in index.categories}
     files = {image.id: image.file_name for image in index.images}
     threshold = config.audit.flag_threshold
+    weak_ids = {c for c, raw in calibration.raw_thresholds.items() if raw < config.audit.min_threshold}
+    weak = [names[c] for c in calibration.raw_thresholds if c in weak_ids]
+    judged = [r for r in records if not _rests_on(r, weak_ids)]
+    set_aside = [r for r in records if _rests_on(r, weak_ids)]
+    flagged = [r for r in judged if r.score >= threshold]
     rows = []
-    for rank, record in enumerate(records, start=1):
+    for rank, record in enumerate(judged + set_aside, start=1):
         row = record.to_json()
         if row["given"] is not None:
             row["given"] = {**row["given"], "category": names.get(row["given"]["category_id"])}
         row["suggested"] = {**row["suggested"], "category": names.get(row["suggested"].get("category_id"))}
-        rows.append({"rank": rank, **row, "flagged": record.score >= threshold,
-                     "file_name": files.get(record.image_id)})
-    per_image = image_scores(records, files)
+        weak_class = rank > len(judged)
+        rows.append({"rank": rank, **row, "flagged": not weak_class and record.score >= threshold,
+                     "weak_class": weak_class, "file_name": files.get(record.image_id)})
+    per_image = image_scores(judged, files)
     flagged_per_image: dict[int, int] = {}
-    for record in records:
-        if record.score >= threshold:
-            flagged_per_image[record.image_id] = flagged_per_image.get(record.image_id, 0) + 1
+    for record in flagged:
+        flagged_per_image[record.image_id] = flagged_per_image.get(record.image_id, 0) + 1
     by_kind = {kind: {"records": sum(r.kind == kind for r in records),
-                      "flagged": sum(r.kind == kind and r.score >= threshold for r in records)} for kind in KINDS}
+                      "flagged": sum(r.kind == kind for r in flagged)} for kind in KINDS}
     def rounded(values: dict[int, float], category: int, digits: int) -> float | None:
         return round(values[category], digits) if category in values else None
 
@@ -74,7 +82,6 @@ def build_payload(index: DatasetIndex, records: list[Record], calibration: Calib
                                    "typical_iou": rounded(calibration.typical_iou, c, 4),
                                    "supported": rounded(calibration.supported, c, 4)}
                         for c, t in calibration.thresholds.items()}
-    weak = [names[c] for c, raw in calibration.raw_thresholds.items() if raw < config.audit.min_threshold]
     return {
         "schema_version": SCHEMA_VERSION,
         "task": index.task,
@@ -89,11 +96,18 @@ def build_payload(index: DatasetIndex, records: list[Record], calibration: Calib
         "models": models,
         "calibration": calibration_rows,
         "weak_classes": weak,
-        "summary": {"records": len(records), "flagged": sum(r.score >= threshold for r in records), "by_kind": by_kind},
+        "summary": {"records": len(records), "flagged": len(flagged),
+                    "weak_class": sum(r.score >= threshold for r in set_aside), "by_kind": by_kind},
         "images": [{"image_id": i, "file_name": files[i], "score": round(s, 5), "flagged": flagged_per_image.get(i, 0)}
                    for i, s in sorted(per_image.items(), key=lambda pair: -pair[1])],
         "records": rows,
     }
+
+
+def _rests_on(record: Record, weak_ids: set[int]) -> bool:
+    """Whether the record's given or suggested class is one the model has not learned."""
+    given = (record.given or {}).get("category_id")
+    return given in weak_ids or record.suggested.get("category_id") in weak_ids
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -216,8 +230,10 @@ def write_html(out_dir: Path, payload: dict[str, Any], index: DatasetIndex, *, t
     warning = f"<p class='warn'>{escape(payload['warning'])}</p>" if payload.get("warning") else ""
     weak = payload.get("weak_classes") or []
     weak_note = (f"<p class='warn'>the model has not learned these classes (mean score where annotated below "
-                 f"audit.min_threshold), so their labels cannot be judged: "
-                 f"{escape(', '.join(weak))}</p>") if weak else ""
+                 f"audit.min_threshold), so their labels cannot be judged: {escape(', '.join(weak))}. "
+                 f"{payload['summary'].get('weak_class', 0)} records that rest on them scored at or above the "
+                 f"threshold; they are not flagged, and audit.json lists them after every other record</p>") \
+        if weak else ""
     plot = _score_plot(payload)
     parts = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>cvtrain audit</title><style>{STYLE}</style>"

@@ -33,6 +33,8 @@ class AuditResult:
     top: list[dict[str, Any]] = field(default_factory=list)  # the 20 highest-scoring records
     warning: str | None = None
     seconds: float = 0.0
+    weak_classes: list[str] = field(default_factory=list)  # classes the model has not learned (records set aside)
+    set_aside: int = 0  # records at the flag threshold that rest on a weak class, so are not flagged
 
     def _repr_html_(self) -> str:
         counts = "".join(f"<tr><td>{kind}</td><td>{c['records']}</td><td>{c['flagged']}</td></tr>"
@@ -44,7 +46,11 @@ class AuditResult:
             f"<td>{escape(str((r['given'] or {}).get('category') or '-'))}</td>"
             f"<td>{escape(r['suggested']['action'])} {escape(str(r['suggested'].get('category') or ''))}</td></tr>"
             for r in self.top[:10])
-        warning = f"<p style='color:#8a5200'>{escape(self.warning)}</p>" if self.warning else ""
+        notes = [self.warning] if self.warning else []
+        if self.weak_classes:
+            notes.append(f"not learned, so not judged: {', '.join(self.weak_classes)} ({self.set_aside} records set "
+                         "aside)")
+        warning = "".join(f"<p style='color:#8a5200'>{escape(note)}</p>" for note in notes)
         return (f"<b>cvtrain audit</b> ({escape(self.mode)}): {self.num_images} images, {self.num_annotations} "
                 f"annotations, {self.flagged} flagged, {self.seconds:.0f} s; report <code>{escape(str(self.html_file))}"
                 f"</code>{warning}<table><tr><th>kind</th><th>records</th><th>flagged</th></tr>{counts}</table>"
@@ -118,4 +124,5 @@ def run_audit(config, index: DatasetIndex, out_dir: Path, *, fit: Any = None, ch
                        suggest_file=suggest, mode=mode, num_images=len(index.images),
                        num_annotations=len(index.annotations), flagged=payload["summary"]["flagged"],
                        by_kind=payload["summary"]["by_kind"], top=payload["records"][:20], warning=payload["warning"],
-                       seconds=time.time() - started)
+                       seconds=time.time() - started, weak_classes=payload["weak_classes"],
+                       set_aside=payload["summary"]["weak_class"])
