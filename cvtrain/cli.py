@@ -301,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
         if result.warning:
             print(f"note: {result.warning}")
         if result.weak_classes:
-            print(f"note: the fold models have not learned {', '.join(result.weak_classes)}: their labels cannot be "
+            print(f"note: the model has not learned {', '.join(result.weak_classes)}: their labels cannot be "
                   f"judged, so {result.set_aside} records resting on them are not flagged (listed last in audit.json)")
         for row in result.top[:5]:
             given = (row["given"] or {}).get("category") or "-"

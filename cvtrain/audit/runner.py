@@ -30,7 +30,7 @@ class AuditResult:
     num_annotations: int
     flagged: int
     by_kind: dict[str, dict[str, int]]
-    top: list[dict[str, Any]] = field(default_factory=list)  # the 20 highest-scoring records
+    top: list[dict[str, Any]] = field(default_factory=list)  # the first 20 records (weak-class ones rank last)
     warning: str | None = None
     seconds: float = 0.0
     weak_classes: list[str] = field(default_factory=list)  # classes the model has not learned (records set aside)

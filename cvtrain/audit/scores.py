@@ -273,8 +273,8 @@ def _annotation_records(item: _ImageEvidence, thresholds: np.ndarray, typical: n
             # ... unless the model also fits the given box as well as it usually fits the class: then the given box
             # is found where it is, and the partial overlap is another, looser detection (a box around two animals)
             fits = (item.classes == label) & (item.overlap[row] >= typical[label])
-            fit = min(float(item.scores[fits].max(initial=0.0)) / thresholds[label], 1.0)
             raw_fit = float(item.scores[fits].max(initial=0.0))
+            fit = min(raw_fit / thresholds[label], 1.0)
             badly = float(_tie_broken(confidence * shortfall * (1.0 - fit),
                                       item.located_score[row] * shortfall * (1.0 - raw_fit)))
         else:
