@@ -301,8 +301,9 @@ def run(args: argparse.Namespace) -> int:
         if result.warning:
             print(f"note: {result.warning}")
         if result.weak_classes:
-            print(f"note: the model has not learned {', '.join(result.weak_classes)}: their labels cannot be "
-                  f"judged, so {result.set_aside} records resting on them are not flagged (listed last in audit.json)")
+            from cvtrain.audit.report import weak_class_note
+
+            print(f"note: {weak_class_note(result.weak_classes, result.set_aside)}")
         for row in result.top[:5]:
             given = (row["given"] or {}).get("category") or "-"
             print(f"  {row['score']:.3f} {row['kind']:<13} {row['file_name']} annotation {row['annotation_id']}: "

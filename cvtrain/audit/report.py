@@ -56,16 +56,17 @@ def build_payload(index: DatasetIndex, records: list[Record], calibration: Calib
     threshold = config.audit.flag_threshold
     weak_ids = {c for c, raw in calibration.raw_thresholds.items() if raw < config.audit.min_threshold}
     weak = [names[c] for c in calibration.raw_thresholds if c in weak_ids]
-    judged = [r for r in records if not _rests_on(r, weak_ids)]
-    set_aside = [r for r in records if _rests_on(r, weak_ids)]
+    resting = [_rests_on(record, weak_ids) for record in records]
+    judged = [record for record, weak_class in zip(records, resting) if not weak_class]
+    set_aside = [record for record, weak_class in zip(records, resting) if weak_class]
     flagged = [r for r in judged if r.score >= threshold]
     rows = []
-    for rank, record in enumerate(judged + set_aside, start=1):
+    ordered = [(record, False) for record in judged] + [(record, True) for record in set_aside]
+    for rank, (record, weak_class) in enumerate(ordered, start=1):
         row = record.to_json()
         if row["given"] is not None:
             row["given"] = {**row["given"], "category": names.get(row["given"]["category_id"])}
         row["suggested"] = {**row["suggested"], "category": names.get(row["suggested"].get("category_id"))}
-        weak_class = rank > len(judged)
         rows.append({"rank": rank, **row, "flagged": not weak_class and record.score >= threshold,
                      "weak_class": weak_class, "file_name": files.get(record.image_id)})
     per_image = image_scores(judged, files)
@@ -102,6 +103,20 @@ def build_payload(index: DatasetIndex, records: list[Record], calibration: Calib
                    for i, s in sorted(per_image.items(), key=lambda pair: -pair[1])],
         "records": rows,
     }
+
+
+def weak_class_note(weak_classes: list[str], set_aside: int) -> str:
+    """The one-line note the page, the CLI and the notebook give when the model has not learned some classes.
+
+    Example:
+        >>> weak_class_note(["fig", "hazelnut"], 3).startswith("the model has not learned fig, hazelnut (mean score")
+        True
+        >>> weak_class_note(["fig"], 3).split(": ")[1].split(" scored")[0]
+        '3 records resting on them'
+    """
+    return (f"the model has not learned {', '.join(weak_classes)} (mean score where annotated below "
+            f"audit.min_threshold), so their labels cannot be judged: {set_aside} records resting on them scored at "
+            "or above the flag threshold and are not flagged (audit.json lists them last)")
 
 
 def _rests_on(record: Record, weak_ids: set[int]) -> bool:
@@ -229,11 +244,8 @@ def write_html(out_dir: Path, payload: dict[str, Any], index: DatasetIndex, *, t
     classes = "".join(f"<option value='{escape(n, quote=True)}'>{escape(n)}</option>" for n in names.values())
     warning = f"<p class='warn'>{escape(payload['warning'])}</p>" if payload.get("warning") else ""
     weak = payload.get("weak_classes") or []
-    weak_note = (f"<p class='warn'>the model has not learned these classes (mean score where annotated below "
-                 f"audit.min_threshold), so their labels cannot be judged: {escape(', '.join(weak))}. "
-                 f"{payload['summary'].get('weak_class', 0)} records that rest on them scored at or above the "
-                 f"threshold; they are not flagged, and audit.json lists them after every other record</p>") \
-        if weak else ""
+    weak_note = (f"<p class='warn'>{escape(weak_class_note(weak, payload['summary'].get('weak_class', 0)))}</p>"
+                 if weak else "")
     plot = _score_plot(payload)
     parts = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>cvtrain audit</title><style>{STYLE}</style>"

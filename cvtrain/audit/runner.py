@@ -9,7 +9,14 @@ from typing import Any
 
 from cvtrain.audit.folds import train_folds
 from cvtrain.audit.predict import predict_index
-from cvtrain.audit.report import build_payload, write_csv, write_html, write_json_report, write_suggestion
+from cvtrain.audit.report import (
+    build_payload,
+    weak_class_note,
+    write_csv,
+    write_html,
+    write_json_report,
+    write_suggestion,
+)
 from cvtrain.audit.scores import score_annotations, score_regions
 from cvtrain.data.index import DatasetIndex
 
@@ -48,8 +55,7 @@ class AuditResult:
             for r in self.top[:10])
         notes = [self.warning] if self.warning else []
         if self.weak_classes:
-            notes.append(f"not learned, so not judged: {', '.join(self.weak_classes)} ({self.set_aside} records set "
-                         "aside)")
+            notes.append(weak_class_note(self.weak_classes, self.set_aside))
         warning = "".join(f"<p style='color:#8a5200'>{escape(note)}</p>" for note in notes)
         return (f"<b>cvtrain audit</b> ({escape(self.mode)}): {self.num_images} images, {self.num_annotations} "
                 f"annotations, {self.flagged} flagged, {self.seconds:.0f} s; report <code>{escape(str(self.html_file))}"
