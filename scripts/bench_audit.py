@@ -27,7 +27,7 @@ Figures per kind, for both methods:
   seeded random order shared by both methods.
 - image level: images with a planted error of the kind against images with none, ranked by the image score
   (ours: the highest record; cleanlab: ``1 - get_label_quality_scores``).
-Also printed: how many images each method flags (ours: a record at ``audit.flag_threshold``; cleanlab:
+Also printed: how many images each method flags (ours: a flagged record, ``audit.flag_threshold``; cleanlab:
 ``find_label_issues``) and their precision and recall of images with any planted error; and each audit's wall time.
 """
 from __future__ import annotations
@@ -93,7 +93,7 @@ def iou_matrix(first, second) -> np.ndarray:
     return box_iou(np.asarray(first).reshape(-1, 4), np.asarray(second).reshape(-1, 4))
 
 
-def evaluate(out_dir: Path, noisy: dict, truth: dict, flag_threshold: float) -> dict:
+def evaluate(out_dir: Path, noisy: dict, truth: dict) -> dict:
     """Both methods' figures on one audit's out-of-fold predictions."""
     from cleanlab.object_detection import filter as cl_filter
     from cleanlab.object_detection import rank as cl_rank
@@ -173,11 +173,11 @@ def evaluate(out_dir: Path, noisy: dict, truth: dict, flag_threshold: float) -> 
             for j in same:
                 ours_pred[j] = max(ours_pred[j], record["score"])
         cl_pred = 1 - np.nan_to_num(np.asarray(overlooked[position], dtype=np.float64), nan=1.0)
-        deleted = deleted_of.get(image_id, [])
-        matched = iou_matrix([d["bbox"] for d in deleted], boxes) >= 0.5 if deleted and boxes else \
+        deleted = [d["bbox"] for d in deleted_of.get(image_id, [])]
+        matched = iou_matrix(deleted, boxes) >= 0.5 if deleted and boxes else \
             np.zeros((len(deleted), len(preds)), bool)
         remaining = [a["bbox"] for a in annotations_of[image_id]]
-        crowded = (iou_matrix([d["bbox"] for d in deleted], remaining).max(axis=1) >= missing_iou
+        crowded = (iou_matrix(deleted, remaining).max(axis=1) >= missing_iou
                    if deleted and remaining else np.zeros(len(deleted), bool))
         for row in range(len(deleted)):
             hits = np.flatnonzero(matched[row])
@@ -276,7 +276,7 @@ def main() -> int:
         started = time.time()
         result = cvtrain.audit(spec_for(root, name, args), out=audit_dir, resume=True, skip_checks=args.rescore)
         seconds = time.time() - started
-        results = evaluate(audit_dir, noisy, truth, flag_threshold=0.5)
+        results = evaluate(audit_dir, noisy, truth)
         results["audit_seconds"] = seconds
         results["audit_seconds_in_report"] = result.seconds
         summary[rate] = results
